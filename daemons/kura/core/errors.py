@@ -1,0 +1,175 @@
+"""The errors Kura reports to people, each with a stable code and a message in
+Japanese and English. The vault raises them; the edges (JSON API, CLI) turn
+them into an HTTP status or an exit code. No message ever carries a number."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KuraError(Exception):
+    """Base of every error a user may see."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    ja: ClassVar[str] = "内部エラーが発生しました。"
+    en: ClassVar[str] = "An internal error occurred."
+
+    def __init__(self, en: str | None = None, ja: str | None = None, **detail: Any) -> None:
+        self.message_en = en or self.en
+        self.message_ja = ja or self.ja
+        self.detail = detail
+        super().__init__(self.message_en)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message_ja,
+            "message_en": self.message_en,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        return body
+
+
+class BadRequest(KuraError):
+    """The request is malformed: not JSON, wrong types, unknown fields."""
+
+    code = "bad_request"
+    status = 400
+    ja = "リクエストの形式が正しくありません。"
+    en = "The request is malformed."
+
+
+class InvalidNumber(KuraError):
+    """A My Number or corporate number failed validation."""
+
+    code = "invalid_number"
+    status = 422
+    ja = "番号が正しくありません。"
+    en = "The number is not valid."
+
+
+class PayloadTooLarge(KuraError):
+    """The request body is over the size limit."""
+
+    code = "payload_too_large"
+    status = 413
+    ja = "リクエストが大きすぎます。"
+    en = "The request body is too large."
+
+
+class NotAuthenticated(KuraError):
+    """No valid session: missing, expired, forged or signed out."""
+
+    code = "not_authenticated"
+    status = 401
+    ja = "ログインしてください（セッションが無効または期限切れです）。"
+    en = "Please sign in (the session is missing, invalid or expired)."
+
+
+class LoginFailed(KuraError):
+    """Wrong user name, password or second factor."""
+
+    code = "login_failed"
+    status = 401
+    ja = "ユーザー名、パスワードまたは確認コードが正しくありません。"
+    en = "The user name, password or verification code is wrong."
+
+
+class AccountLocked(KuraError):
+    """Too many failed sign-ins: the account is locked for a while."""
+
+    code = "account_locked"
+    status = 423
+    ja = "ログインの失敗が続いたため、アカウントは一時的にロックされています。"
+    en = "The account is locked for a while after repeated failed sign-ins."
+
+
+class PasswordRejected(KuraError):
+    """A new password does not meet the security policy."""
+
+    code = "password_rejected"
+    status = 422
+    ja = "パスワードがセキュリティポリシーを満たしていません。"
+    en = "The password does not meet the security policy."
+
+
+class PermissionDenied(KuraError):
+    """The caller's role may not do this."""
+
+    code = "permission_denied"
+    status = 403
+    ja = "この操作を行う権限がありません。"
+    en = "Your role is not allowed to do this."
+
+
+class PurposeRequired(KuraError):
+    """Reveal and export need a declared purpose that the subject allows."""
+
+    code = "purpose_required"
+    status = 422
+    ja = "利用目的を指定してください（この対象者に認められた目的のみ）。"
+    en = "Declare a purpose that this subject's numbers may be used for."
+
+
+class ActionRequired(KuraError):
+    """The session must first change its password or enrol a second factor."""
+
+    code = "action_required"
+    status = 403
+    ja = "先にパスワードの変更または二要素認証の設定が必要です。"
+    en = "Change your password or set up the second factor first."
+
+
+class NotFound(KuraError):
+    """No such record."""
+
+    code = "not_found"
+    status = 404
+    ja = "該当するデータがありません。"
+    en = "No such record."
+
+
+class Conflict(KuraError):
+    """The request conflicts with stored data."""
+
+    code = "conflict"
+    status = 409
+    ja = "既存のデータと矛盾します。"
+    en = "The request conflicts with existing data."
+
+
+class DuplicateNumber(Conflict):
+    """The number is already registered for a different person."""
+
+    code = "duplicate_number"
+    ja = "この番号は別の人に登録済みです。"
+    en = "This number is already registered for a different person."
+
+
+class VaultSealed(KuraError):
+    """The vault has no root key in memory yet."""
+
+    code = "sealed"
+    status = 503
+    ja = "保管庫は封印されています。鍵管理者による開封が必要です。"
+    en = "The vault is sealed; custodians must unseal it."
+
+
+class UnsealFailed(KuraError):
+    """A share or sealed key could not be used to unseal."""
+
+    code = "unseal_failed"
+    status = 422
+    ja = "開封に失敗しました。シェアを確認してください。"
+    en = "Unsealing failed; check the share."
+
+
+class Unavailable(KuraError):
+    """A back end (the vault, the database) cannot be reached."""
+
+    code = "unavailable"
+    status = 503
+    ja = "サービスに接続できません。しばらくしてから再度お試しください。"
+    en = "The service is unavailable; try again shortly."

@@ -1,0 +1,72 @@
+"""Who may do what: DESIGN.md's role table as data, enforced in the vault.
+
+Each vault operation is named here once. ``PUBLIC`` operations need no
+session; ``SELF`` operations need a session of any role; everything else is
+allowed to exactly the roles listed in ``ALLOWED``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    MU = "MU"  # MyNumber User: register payees, search, reveal and export for a purpose
+    MA = "MA"  # MyNumber Admin: approve requests, correct records, approve disposals/exports
+    SA = "SA"  # Security Admin: policy, audit; never sees a number
+    DA = "DA"  # Appliance Admin: accounts, keys, appliance; never sees a number
+
+    @property
+    def label_ja(self) -> str:
+        return _LABELS[self][0]
+
+    @property
+    def label_en(self) -> str:
+        return _LABELS[self][1]
+
+
+_LABELS = {
+    Role.MU: ("マイナンバー利用者", "MyNumber User"),
+    Role.MA: ("マイナンバー管理者", "MyNumber Admin"),
+    Role.SA: ("セキュリティ管理者", "Security Admin"),
+    Role.DA: ("アプライアンス管理者", "Appliance Admin"),
+}
+
+PUBLIC = frozenset({"status", "unseal", "login"})
+SELF = frozenset(
+    {"logout", "whoami", "change_password", "totp_begin", "totp_confirm", "purposes"}
+)
+
+_MU, _MA, _SA, _DA = Role.MU, Role.MA, Role.SA, Role.DA
+
+ALLOWED: dict[str, frozenset[Role]] = {
+    # subjects and their numbers
+    "subject.register": frozenset({_MU, _MA}),
+    "subject.lookup": frozenset({_MU, _MA}),
+    "subject.list": frozenset({_MU, _MA}),
+    "subject.get": frozenset({_MU, _MA}),
+    "subject.reveal": frozenset({_MU}),
+    "subject.import": frozenset({_MU}),
+    "subject.export": frozenset({_MU}),
+    "subject.correct": frozenset({_MA}),
+    # security policy and audit
+    "policy.get": frozenset({_SA}),
+    "policy.set": frozenset({_SA}),
+    "audit.list": frozenset({_SA}),
+    "audit.export": frozenset({_SA}),
+    # accounts and the appliance
+    "user.create": frozenset({_DA}),
+    "user.list": frozenset({_DA}),
+    "user.update": frozenset({_DA}),
+    "user.reset_password": frozenset({_DA}),
+    "keys.rotate": frozenset({_DA}),
+}
+
+OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)
+
+
+def may(role: Role, operation: str) -> bool:
+    """True if ``role`` may perform ``operation`` (which must need a session)."""
+    if operation in SELF:
+        return True
+    return role in ALLOWED.get(operation, frozenset())
