@@ -1,0 +1,205 @@
+"""``kura``: the administrator's command line.
+
+    kura check-number [--corporate]     numbers from standard input, one per line
+    kura db migrate                     apply schema migrations
+    kura vault init --seal MODE         make the root key and seal it
+    kura audit export -o FILE           download a verifiable audit bundle
+    kura audit verify FILE              check a bundle offline, on any machine
+    kura dev                            a local appliance (what ./build.sh dev runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from kura.core import numbers
+from kura.core.errors import KuraError
+
+
+def cmd_check_number(args: argparse.Namespace) -> int:
+    """Numbers come from standard input only: argv shows in ps and shell history."""
+    problem_of = numbers.corporate_number_problem if args.corporate else numbers.my_number_problem
+    all_ok, seen = True, 0
+    for lineno, line in enumerate(sys.stdin, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        seen += 1
+        problem = problem_of(text)
+        if problem is None:
+            print(f"{lineno}: OK")
+        else:
+            all_ok = False
+            reason = problem.en if args.english else f"{problem.ja} ({problem.en})"
+            print(f"{lineno}: NG {problem.code}: {reason}")
+    if seen == 0:
+        print("no numbers on standard input (one per line)", file=sys.stderr)
+        return 2
+    return 0 if all_ok else 1
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from kura import config
+    from kura.vault import schema
+
+    cfg = config.load(args.config)
+    if not cfg.database.owner_dsn:
+        print("kura db migrate: [database] owner_dsn is not set", file=sys.stderr)
+        return 1
+    applied = schema.migrate(cfg.database.owner_dsn)
+    print(f"applied: {', '.join(map(str, applied))}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_vault_init(args: argparse.Namespace) -> int:
+    from kura import config
+    from kura.core.keys import new_root_key
+    from kura.vault import sealing
+
+    cfg = config.load(args.config)
+    keys_dir = cfg.vault.keys_dir
+    if sealing.read_seal(keys_dir) is not None:
+        print(f"kura vault init: {keys_dir} is already sealed; refusing to replace the root key",
+              file=sys.stderr)
+        return 1
+    root = new_root_key()
+    shares: list[str] = []
+    if args.seal == "shamir":
+        shares = sealing.init_shamir(keys_dir, root, args.threshold, args.shares)
+    elif args.seal == "creds":
+        recovery = (args.threshold, args.shares) if args.recovery else None
+        shares = sealing.init_creds(keys_dir, root, with_key=args.with_key, recovery=recovery)
+    else:
+        sealing.init_host(keys_dir, root)
+    print(f"sealed with {args.seal} in {keys_dir}")
+    for i, share in enumerate(shares, 1):
+        print(f"share {i}/{len(shares)}: {share}")
+    if shares:
+        print(f"any {args.threshold} of these {len(shares)} shares unseal the vault; "
+              "they are shown only now")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from kura import config
+    from kura.console.vaultclient import VaultClient
+
+    cfg = config.load(args.config)
+    password = os.environ.get("KURA_PASSWORD") or getpass.getpass(f"password for {args.user}: ")
+
+    async def export() -> dict[str, object]:
+        client = VaultClient(cfg.vault.socket, 1)
+        try:
+            login = await client.call("login", {"username": args.user, "password": password,
+                                                **({"totp": args.totp} if args.totp else {})})
+            token = str(login["token"])
+            try:
+                return await client.call("audit.export", {}, token, "local")
+            finally:
+                await client.call("logout", {}, token, "local")
+        finally:
+            await client.close()
+
+    result = asyncio.run(export())
+    Path(args.output).write_bytes(base64.b64decode(str(result["bundle"])))
+    print(f"wrote {args.output}: {result['entries']} entries, sha256 {result['sha256']}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from kura.core import audit
+
+    trusted = bytes.fromhex(args.public_key) if args.public_key else None
+    report = audit.verify_bundle(Path(args.bundle), trusted)
+    if report.ok:
+        print(f"OK: {report.entries} entries, {report.checkpoints} signed checkpoints")
+        for fp in report.public_key_fingerprints:
+            print(f"signing key: {fp}")
+        return 0
+    where = f" at entry {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+    print(f"NG{where}: {report.problem_en}")
+    print(f"    {report.problem_ja}")
+    return 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from kura import devserver
+
+    state = Path(args.state or os.environ.get("KURA_STATE_DIR") or "state")
+    port = int(args.port or os.environ.get("KURA_PORT") or 8443)
+    seal = args.seal or os.environ.get("KURA_SEAL") or "host"
+    return devserver.main(state, port, seal, os.environ.get("KURA_DA_PASSWORD"))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kura", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check-number", help="check numbers read from standard input",
+                       description="Read My Numbers (or corporate numbers) from standard input, "
+                       "one per line, and print OK or NG with the reason for each line. Exit 0 "
+                       "only if all are valid. Numbers are never taken from the command line.")
+    c.add_argument("--corporate", action="store_true", help="corporate numbers (13 digits)")
+    c.add_argument("--english", action="store_true", help="reasons in English only")
+    c.set_defaults(func=cmd_check_number)
+
+    db = sub.add_parser("db", help="the database").add_subparsers(dest="db", required=True)
+    m = db.add_parser("migrate", help="apply schema migrations (uses [database] owner_dsn)")
+    m.add_argument("--config")
+    m.set_defaults(func=cmd_db_migrate)
+
+    vault = sub.add_parser("vault", help="the vault").add_subparsers(dest="vault", required=True)
+    i = vault.add_parser("init", help="make the root key and seal it",
+                         description="Make a new root key and seal it: to M-of-N custodian "
+                         "shares (SLIP-39), with systemd-creds (TPM2 or host key), or to a "
+                         "host-only file for development (does NOT survive disk theft).")
+    i.add_argument("--config")
+    i.add_argument("--seal", choices=["shamir", "creds", "host"], default="shamir")
+    i.add_argument("--threshold", type=int, default=3, help="M: shares needed (default 3)")
+    i.add_argument("--shares", type=int, default=5, help="N: shares made (default 5)")
+    i.add_argument("--with-key", default="auto", help="systemd-creds key: auto, tpm2, host")
+    i.add_argument("--recovery", action="store_true",
+                   help="with --seal creds: also make M-of-N recovery shares")
+    i.set_defaults(func=cmd_vault_init)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit",
+                                                                          required=True)
+    e = audit.add_parser("export", help="export a verifiable bundle (needs an SA account)")
+    e.add_argument("--config")
+    e.add_argument("--user", required=True, help="an SA's user name")
+    e.add_argument("--totp", help="the SA's current TOTP code, if required")
+    e.add_argument("-o", "--output", required=True)
+    e.set_defaults(func=cmd_audit_export)
+    v = audit.add_parser("verify", help="verify a bundle offline; names the first bad entry")
+    v.add_argument("bundle")
+    v.add_argument("--public-key", help="trust only this signing key (hex)")
+    v.set_defaults(func=cmd_audit_verify)
+
+    d = sub.add_parser("dev", help="run a local appliance (what ./build.sh dev runs)")
+    d.add_argument("--state", help="state folder (default ./state or $KURA_STATE_DIR)")
+    d.add_argument("--port", type=int, help="HTTPS port (default 8443 or $KURA_PORT)")
+    d.add_argument("--seal", help="host (default), creds, or shamir:M/N")
+    d.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KuraError as exc:
+        print(f"kura: {exc.message_en}\n      {exc.message_ja}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

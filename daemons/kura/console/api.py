@@ -1,0 +1,226 @@
+"""The JSON API under /api/v1, for integrations such as payroll software.
+
+Every route is one row of ``ROUTES``: method, path, the vault operation it
+calls, and where that operation's arguments come from (path, query, body).
+The handlers, the OpenAPI document and the tests all read this one table.
+Numbers only ever travel in request bodies, never in a path or a query."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from kura.console.vaultclient import VaultClient, VaultError
+from kura.core import api as schemas
+from kura.core.errors import BadRequest, KuraError, NotAuthenticated, PayloadTooLarge
+
+log = logging.getLogger("kura.console")
+
+VAULT: web.AppKey[VaultClient] = web.AppKey("vault", VaultClient)
+LIMITS: web.AppKey[tuple[int, int]] = web.AppKey("limits", tuple)
+
+QueryType = type[int] | type[str]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    op: str
+    summary: str
+    body: bool = False
+    query: dict[str, QueryType] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # arguments the route sets itself
+    public: bool = False
+    respond: str = "json"  # "json" | "export" | "bundle"
+    tag: str = "subjects"
+
+    @property
+    def path_params(self) -> list[str]:
+        return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/status", "status", "Appliance status: sealed or not, version",
+          public=True, tag="vault"),
+    Route("POST", "/unseal", "unseal", "Enter one custodian share (SLIP-39 mnemonic)",
+          body=True, public=True, tag="vault"),
+    Route("POST", "/session", "login", "Sign in; returns a bearer token",
+          body=True, public=True, tag="session"),
+    Route("GET", "/session", "whoami", "Who the token belongs to", tag="session"),
+    Route("DELETE", "/session", "logout", "Sign out", tag="session"),
+    Route("POST", "/session/password", "change_password", "Change your password",
+          body=True, tag="session"),
+    Route("POST", "/session/totp", "totp_begin", "Start enrolling a TOTP second factor",
+          tag="session"),
+    Route("POST", "/session/totp/confirm", "totp_confirm", "Confirm TOTP enrolment",
+          body=True, tag="session"),
+    Route("GET", "/purposes", "purposes", "The purposes a number may be used for"),
+    Route("POST", "/payees", "subject.register", "Register an individual payee",
+          body=True, fixed={"kind": "payee"}),
+    Route("POST", "/subjects", "subject.register", "Register a subject of any kind", body=True),
+    Route("GET", "/subjects", "subject.list", "List subjects (numbers masked)",
+          query={"kind": str, "query": str, "offset": int, "limit": int}),
+    Route("POST", "/subjects/lookup", "subject.lookup",
+          "Find a subject by number or by code (number masked)", body=True),
+    Route("POST", "/subjects/import", "subject.import",
+          "Bulk import: JSON rows, or a CSV file (UTF-8 or Shift_JIS) as text/csv", body=True),
+    Route("GET", "/subjects/{id}", "subject.get", "One subject (number masked)"),
+    Route("PATCH", "/subjects/{id}", "subject.correct", "Correct a subject's record (MA)",
+          body=True),
+    Route("POST", "/subjects/{id}/reveal", "subject.reveal",
+          "Reveal the number for a declared purpose (logged)", body=True),
+    Route("POST", "/exports", "subject.export",
+          "Export numbers for forms as CSV (Shift_JIS or UTF-8 with BOM); logged as a take-out",
+          body=True, respond="export"),
+    Route("GET", "/policy", "policy.get", "The security policy", tag="policy"),
+    Route("PUT", "/policy", "policy.set", "Change the security policy (SA)", body=True,
+          tag="policy"),
+    Route("GET", "/audit", "audit.list", "Search the audit log",
+          query={"actor": str, "action": str, "since": str, "until": str, "offset": int,
+                 "limit": int}, tag="audit"),
+    Route("GET", "/audit/export", "audit.export", "Download a verifiable audit bundle",
+          respond="bundle", tag="audit"),
+    Route("GET", "/users", "user.list", "List accounts (DA)", tag="users"),
+    Route("POST", "/users", "user.create", "Create an account with a one-time password (DA)",
+          body=True, tag="users"),
+    Route("PATCH", "/users/{username}", "user.update", "Change role, name or disable (DA)",
+          body=True, tag="users"),
+    Route("POST", "/users/{username}/password-reset", "user.reset_password",
+          "Reset a password to a one-time password (DA)", body=True, tag="users"),
+    Route("POST", "/keys/rotate", "keys.rotate", "Rotate the keyring (DA)", body=True,
+          tag="vault"),
+)
+
+
+def session_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip() or None
+    return request.cookies.get("kura_session")
+
+
+def http_status(exc: KuraError) -> int:
+    return exc.http_status if isinstance(exc, VaultError) else exc.status
+
+
+def error_response(exc: KuraError) -> web.Response:
+    return web.json_response({"error": exc.to_json()}, status=http_status(exc),
+                             dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+async def _body(request: web.Request, route: Route) -> dict[str, Any]:
+    max_body, max_import = request.app[LIMITS]
+    limit = max_import if route.op == "subject.import" else max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(limit=limit)
+    raw = await request.read()
+    if len(raw) > limit:
+        raise PayloadTooLarge(limit=limit)
+    if not raw:
+        return {}
+    ctype = request.content_type
+    if route.op == "subject.import" and ctype in ("text/csv", "application/octet-stream"):
+        return {"csv": base64.b64encode(raw).decode()}
+    if ctype != "application/json":
+        raise BadRequest("send the body as application/json",
+                         "本文は application/json で送ってください。")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("the body is not valid JSON", "本文が正しい JSON ではありません。") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", "本文は JSON オブジェクトです。")
+    return body
+
+
+def _query(request: web.Request, route: Route) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for name, value in request.query.items():
+        kind = route.query.get(name)
+        if kind is None:
+            raise BadRequest(f"unknown query parameter {name[:32]!r}",
+                             f"不明なクエリパラメータです: {name[:32]}")
+        if kind is int:
+            try:
+                args[name] = int(value)
+            except ValueError as exc:
+                raise BadRequest(f"{name} must be an integer", f"{name} は整数です。",
+                                 field=name) from exc
+        else:
+            args[name] = value
+    return args
+
+
+def make_handler(route: Route) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        token = session_token(request)
+        if not route.public and not token:
+            raise NotAuthenticated()
+        args: dict[str, Any] = {}
+        if route.body:
+            args.update(await _body(request, route))
+        args.update(_query(request, route))
+        for name in route.path_params:
+            if name in args:
+                raise BadRequest(f"{name} belongs in the path", f"{name} はパスで指定します。")
+            args[name] = request.match_info[name]
+        for name, value in route.fixed.items():
+            if args.setdefault(name, value) != value:
+                raise BadRequest(f"{name} must be {value}", f"{name} は {value} です。")
+        client = request.remote or ""
+        result = await request.app[VAULT].call(route.op, args, None if route.public and
+                                               route.op != "unseal" else token, client)
+        if route.respond == "export":
+            charset = "Shift_JIS" if result["encoding"] == "shift_jis" else "UTF-8"
+            return web.Response(
+                body=base64.b64decode(result["content"]),
+                headers={
+                    "Content-Type": f"text/csv; charset={charset}",
+                    "Content-Disposition": 'attachment; filename="kura-export.csv"',
+                    "X-Kura-Rows": str(result["rows"]),
+                    "X-Kura-SHA256": result["sha256"],
+                    "X-Kura-Skipped": str(len(result["skipped_purpose"])),
+                    "X-Kura-Unencodable": str(len(result["unencodable"])),
+                },
+            )
+        if route.respond == "bundle":
+            return web.Response(
+                body=base64.b64decode(result["bundle"]),
+                headers={
+                    "Content-Type": "application/x-ndjson",
+                    "Content-Disposition": 'attachment; filename="kura-audit.jsonl"',
+                    "X-Kura-SHA256": result["sha256"],
+                },
+            )
+        status = 201 if route.method == "POST" and result.get("created") else 200
+        return web.json_response(result, status=status, dumps=_dumps)
+
+    handler.__name__ = route.op.replace(".", "_")
+    return handler
+
+
+def add_routes(app: web.Application, prefix: str = "/api/v1") -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, prefix + route.path, make_handler(route))
+
+
+def body_schema(route: Route) -> dict[str, Any]:
+    """The request body's schema: the operation's arguments less what the path
+    and the route itself supply."""
+    schema = json.loads(json.dumps(schemas.ARGS[route.op]))
+    for name in [*route.path_params, *route.fixed]:
+        schema.get("properties", {}).pop(name, None)
+        if name in schema.get("required", []):
+            schema["required"].remove(name)
+    return dict(schema)

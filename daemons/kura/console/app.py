@@ -1,0 +1,90 @@
+"""kura-console's aiohttp application: ``init_app(config)`` builds it; every
+long-lived resource (the vault client) is owned by ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from kura.config import Config
+from kura.console import openapi
+from kura.console.api import LIMITS, VAULT, add_routes, error_response
+from kura.console.vaultclient import VaultClient
+from kura.core.errors import BadRequest, KuraError, NotFound, PayloadTooLarge
+
+log = logging.getLogger("kura.console")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SECURITY_HEADERS = {
+    "Strict-Transport-Security": "max-age=31536000",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path and status only: never a query string or a body."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, elapsed: float) -> None:
+        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method,
+                         request.rel_url.path[:200], response.status, elapsed * 1000)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except KuraError as exc:
+        response = error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(PayloadTooLarge())
+    except web.HTTPNotFound:
+        response = error_response(NotFound("no such API route", "そのような API はありません。"))
+    except web.HTTPMethodNotAllowed:
+        response = error_response(BadRequest("method not allowed", "そのメソッドは使えません。"))
+    except web.HTTPException as exc:
+        response = error_response(BadRequest(exc.reason, exc.reason))
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.rel_url.path[:200])
+        response = error_response(KuraError())
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+def init_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=config.console.max_import_bytes)
+    app[LIMITS] = (config.console.max_body_bytes, config.console.max_import_bytes)
+
+    async def vault_client(app: web.Application) -> AsyncIterator[None]:
+        app[VAULT] = VaultClient(config.vault.socket, config.console.vault_connections)
+        yield
+        await app[VAULT].close()
+
+    app.cleanup_ctx.append(vault_client)
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    add_routes(app)
+    return app
+
+
+def access_log_args() -> dict[str, Any]:
+    return {"access_log_class": AccessLogger, "access_log": logging.getLogger("kura.access")}
+
+
+def now() -> float:
+    return time.monotonic()

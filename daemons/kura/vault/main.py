@@ -1,0 +1,86 @@
+"""kura-vault: the daemon's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+from kura import config as config_module
+from kura.daemon import Notifier, run_main, wait_for_stop
+from kura.vault import schema
+from kura.vault.server import VaultServer
+from kura.vault.service import Vault
+from kura.vault.store import Store
+
+log = logging.getLogger("kura.vault")
+
+
+async def checkpoints(vault: Vault) -> None:
+    """Sign the audit chain's head regularly (and sooner when it grows fast)."""
+    interval = vault.config.vault.checkpoint_seconds
+    while True:
+        await asyncio.sleep(min(interval, 5.0))
+        try:
+            await vault.checkpoint()
+        except Exception:
+            log.exception("audit checkpoint failed")
+
+
+async def serve(config_path: str | None) -> None:
+    config = config_module.load(config_path)
+    if config.database.owner_dsn:
+        applied = await asyncio.to_thread(schema.migrate, config.database.owner_dsn)
+        if applied:
+            log.info("schema migrations applied: %s", applied)
+    store = Store(config.database.dsn, config.database.pool_min, config.database.pool_max)
+    await store.open()
+    vault = Vault(config, store)
+    await vault.start()
+    server = VaultServer(vault, config.vault.socket, config.vault.allowed_uids)
+    await server.start()
+    notifier = Notifier()
+    notifier.send("READY=1\nSTATUS=" + ("sealed" if vault.sealed else "unsealed"))
+    log.info("listening on %s (%s)", config.vault.socket, "sealed" if vault.sealed else "unsealed")
+
+    async def healthy() -> bool:
+        try:
+            async with store.transaction() as tx:
+                await tx.one("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    tasks = [
+        asyncio.create_task(checkpoints(vault)),
+        asyncio.create_task(notifier.watchdog(healthy)),
+    ]
+    try:
+        await wait_for_stop()
+    finally:
+        notifier.send("STOPPING=1")
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await server.close()
+        with contextlib.suppress(Exception):
+            await vault.checkpoint()
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kura-vault",
+        description="Kura's vault: keys, numbers, accounts and the audit log, on a Unix socket.",
+    )
+    parser.add_argument("--config", help="configuration file (default: $KURA_CONFIG)")
+    args = parser.parse_args(argv)
+    return run_main("kura-vault", lambda: serve(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The vault's one way into PostgreSQL. Every query the vault makes is here;
+``Store.transaction()`` hands out a ``Tx`` whose methods run inside one
+transaction, and ``Tx.append_audit`` adds the audit entry to that same
+transaction, so an action and its record commit together or not at all.
+
+The audit chain needs one writer at a time: ``append_audit`` takes a
+transaction-scoped advisory lock, reads the head and inserts the next entry
+with the next sequence number. The lock is released at commit, so the
+critical section is the insert and the commit, nothing else."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from kura.core import audit
+from kura.core.errors import Unavailable
+
+AUDIT_LOCK = 0x6B757261  # "kura"
+
+SUBJECT_COLUMNS = (
+    "id, kind, code, name, name_kana, employee_id, birth_date, purposes, retention_basis,"
+    " retention_event, kek_version, wrapped_key, number_ct, created_at, created_by, updated_at"
+)
+COPY_COLUMNS = (
+    "id",
+    "kind",
+    "code",
+    "name",
+    "name_kana",
+    "employee_id",
+    "birth_date",
+    "purposes",
+    "retention_basis",
+    "kek_version",
+    "wrapped_key",
+    "number_ct",
+    "number_bidx",
+    "created_by",
+)
+
+Row = dict[str, Any]
+
+
+class Store:
+    def __init__(self, dsn: str, min_size: int = 2, max_size: int = 16) -> None:
+        self.pool = AsyncConnectionPool(
+            dsn, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
+            kwargs={"row_factory": dict_row},
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                yield Tx(conn)
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise Unavailable(
+                "the database is unavailable", "データベースに接続できません。"
+            ) from exc
+
+
+class Tx:
+    """Queries inside one transaction."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        self.conn = conn
+
+    async def one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
+        cur = await self.conn.execute(sql.encode(), params)
+        return await cur.fetchone()
+
+    async def all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Row]:
+        cur = await self.conn.execute(sql.encode(), params)
+        return await cur.fetchall()
+
+    async def run(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+        cur = await self.conn.execute(sql.encode(), params)
+        return cur.rowcount
+
+    # --- the audit chain -------------------------------------------------
+
+    async def append_audit(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        outcome: str = "ok",
+        target: str = "",
+        purpose: str = "",
+        client: str = "",
+        detail: Mapping[str, Any] | None = None,
+    ) -> audit.AuditEntry:
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+        head = await self.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        seq = int(head["seq"]) + 1 if head else 1
+        prev = bytes(head["hash"]) if head else audit.GENESIS
+        at = datetime.now(UTC)
+        facts = dict(detail or {})
+        digest = audit.chain_hash(
+            prev, seq, at, actor, role, action, outcome, target, purpose, client, facts
+        )
+        entry = audit.AuditEntry(
+            seq=seq, at=at, actor=actor, role=role, action=action, outcome=outcome,
+            target=target, purpose=purpose, client=client, detail=facts,
+            prev_hash=prev, hash=digest,
+        )
+        audit.refuse_numbers(entry)
+        await self.conn.execute(
+            "INSERT INTO audit (seq, at, actor, role, action, outcome, target, purpose, client,"
+            " detail, prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (seq, at, actor, role, action, outcome, target, purpose, client,
+             json.dumps(facts, ensure_ascii=False), prev, digest),
+        )
+        return entry
+
+    async def audit_head(self) -> Row | None:
+        return await self.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+
+    async def last_checkpoint_seq(self) -> int:
+        row = await self.one("SELECT coalesce(max(seq), 0) AS seq FROM audit_checkpoints")
+        return int(row["seq"]) if row else 0
+
+    async def insert_checkpoint(self, cp: audit.Checkpoint) -> None:
+        await self.run(
+            "INSERT INTO audit_checkpoints (seq, hash, at, signature, public_key)"
+            " VALUES (%s,%s,%s,%s,%s) ON CONFLICT (seq) DO NOTHING",
+            (cp.seq, cp.hash, cp.at, cp.signature, cp.public_key),
+        )
+
+    async def audit_entries(self) -> list[audit.AuditEntry]:
+        rows = await self.all("SELECT * FROM audit ORDER BY seq")
+        return [entry_from_row(r) for r in rows]
+
+    async def checkpoints(self) -> list[audit.Checkpoint]:
+        rows = await self.all("SELECT * FROM audit_checkpoints ORDER BY seq")
+        return [
+            audit.Checkpoint(
+                seq=int(r["seq"]), hash=bytes(r["hash"]), at=r["at"],
+                signature=bytes(r["signature"]), public_key=bytes(r["public_key"]),
+            )
+            for r in rows
+        ]
+
+    # --- keyring -------------------------------------------------------------
+
+    async def keyring(self) -> dict[int, bytes]:
+        rows = await self.all("SELECT version, wrapped FROM keyring ORDER BY version")
+        return {int(r["version"]): bytes(r["wrapped"]) for r in rows}
+
+    async def add_keyring_version(self, version: int, wrapped: bytes) -> None:
+        await self.run("INSERT INTO keyring (version, wrapped) VALUES (%s, %s)", (version, wrapped))
+
+    # --- settings ------------------------------------------------------------
+
+    async def setting(self, key: str) -> Any:
+        row = await self.one("SELECT value FROM settings WHERE key = %s", (key,))
+        return row["value"] if row else None
+
+    async def set_setting(self, key: str, value: Any) -> None:
+        await self.run(
+            "INSERT INTO settings (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, json.dumps(value, ensure_ascii=False)),
+        )
+
+    # --- users and sessions --------------------------------------------------
+
+    async def user_by_name(self, username: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM users WHERE username = %s" + (" FOR UPDATE" if lock else ""),
+            (username,),
+        )
+
+    async def user_by_id(self, user_id: int) -> Row | None:
+        return await self.one("SELECT * FROM users WHERE id = %s", (user_id,))
+
+    async def count_users(self) -> int:
+        row = await self.one("SELECT count(*) AS n FROM users")
+        return int(row["n"]) if row else 0
+
+    async def insert_user(
+        self, username: str, role: str, display_name: str, password_hash: str
+    ) -> int:
+        row = await self.one(
+            "INSERT INTO users (username, role, display_name, password_hash)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            (username, role, display_name, password_hash),
+        )
+        assert row is not None
+        await self.run(
+            "INSERT INTO password_history (user_id, hash) VALUES (%s, %s)",
+            (row["id"], password_hash),
+        )
+        return int(row["id"])
+
+    async def set_password(self, user_id: int, password_hash: str, must_change: bool) -> None:
+        await self.run(
+            "UPDATE users SET password_hash = %s, password_changed_at = now(),"
+            " must_change_password = %s, failed_logins = 0, locked_until = NULL WHERE id = %s",
+            (password_hash, must_change, user_id),
+        )
+        await self.run(
+            "INSERT INTO password_history (user_id, hash) VALUES (%s, %s)",
+            (user_id, password_hash),
+        )
+
+    async def password_history(self, user_id: int, count: int) -> list[str]:
+        rows = await self.all(
+            "SELECT hash FROM password_history WHERE user_id = %s"
+            " ORDER BY created_at DESC LIMIT %s",
+            (user_id, count),
+        )
+        return [str(r["hash"]) for r in rows]
+
+    async def record_login_failure(self, user_id: int, failures: int, locked: datetime | None) -> None:
+        await self.run(
+            "UPDATE users SET failed_logins = %s, locked_until = %s WHERE id = %s",
+            (failures, locked, user_id),
+        )
+
+    async def record_login_success(self, user_id: int) -> None:
+        await self.run(
+            "UPDATE users SET failed_logins = 0, locked_until = NULL, last_login_at = now()"
+            " WHERE id = %s",
+            (user_id,),
+        )
+
+    async def insert_session(
+        self, digest: bytes, user_id: int, client: str, mfa_done: bool
+    ) -> Row:
+        row = await self.one(
+            "INSERT INTO sessions (token_digest, user_id, client, mfa_done)"
+            " VALUES (%s, %s, %s, %s) RETURNING created_at, last_seen",
+            (digest, user_id, client, mfa_done),
+        )
+        assert row is not None
+        return row
+
+    async def session(self, digest: bytes) -> Row | None:
+        return await self.one(
+            "SELECT s.token_digest, s.created_at, s.last_seen, s.client, s.mfa_done,"
+            " u.id AS user_id, u.username, u.role, u.disabled, u.must_change_password,"
+            " u.password_changed_at, u.totp_secret_ct IS NOT NULL AS totp_enrolled"
+            " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_digest = %s",
+            (digest,),
+        )
+
+    async def touch_session(self, digest: bytes, seen: datetime) -> None:
+        await self.run("UPDATE sessions SET last_seen = %s WHERE token_digest = %s", (seen, digest))
+
+    async def delete_session(self, digest: bytes) -> None:
+        await self.run("DELETE FROM sessions WHERE token_digest = %s", (digest,))
+
+    async def delete_user_sessions(self, user_id: int) -> None:
+        await self.run("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+
+    # --- subjects ------------------------------------------------------------
+
+    async def subject(self, subject_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (subject_id,),
+        )
+
+    async def subject_by_bidx(self, bidx: bytes) -> Row | None:
+        return await self.one(
+            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE number_bidx = %s", (bidx,)
+        )
+
+    async def subject_by_code(self, kind: str, code: str) -> Row | None:
+        return await self.one(
+            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE kind = %s AND code = %s", (kind, code)
+        )
+
+    async def subjects_matching(
+        self, bidxs: Sequence[bytes], codes: Sequence[str]
+    ) -> list[Row]:
+        return await self.all(
+            "SELECT id, kind, code, number_bidx FROM subjects"
+            " WHERE number_bidx = ANY(%s) OR code = ANY(%s)",
+            (list(bidxs), list(codes)),
+        )
+
+    async def employee_ids(self, codes: Sequence[str]) -> dict[str, uuid.UUID]:
+        rows = await self.all(
+            "SELECT id, code FROM subjects WHERE kind = 'employee' AND code = ANY(%s)",
+            (list(codes),),
+        )
+        return {str(r["code"]): r["id"] for r in rows}
+
+    async def list_subjects(
+        self, kind: str | None, query: str | None, offset: int, limit: int,
+        ids: Sequence[str] | None = None,
+    ) -> list[Row]:
+        where, params = ["TRUE"], []
+        if kind:
+            where.append("kind = %s")
+            params.append(kind)
+        if query:
+            like = _like_prefix(query)
+            where.append("(name LIKE %s OR name_kana LIKE %s OR code LIKE %s)")
+            params += [like, like, like]
+        if ids is not None:
+            where.append("id = ANY(%s::uuid[])")
+            params.append(list(ids))
+        params += [limit, offset]
+        return await self.all(
+            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE {' AND '.join(where)}"
+            " ORDER BY kind, code LIMIT %s OFFSET %s",
+            params,
+        )
+
+    async def count_subjects(self) -> int:
+        row = await self.one("SELECT count(*) AS n FROM subjects")
+        return int(row["n"]) if row else 0
+
+    async def insert_subject(self, values: Mapping[str, Any]) -> None:
+        await self.run(
+            f"INSERT INTO subjects ({', '.join(COPY_COLUMNS)})"
+            f" VALUES ({', '.join(['%s'] * len(COPY_COLUMNS))})",
+            [values[c] for c in COPY_COLUMNS],
+        )
+
+    async def copy_subjects(self, rows: Iterable[Sequence[Any]]) -> None:
+        async with self.conn.cursor() as cur, cur.copy(
+            f"COPY subjects ({', '.join(COPY_COLUMNS)}) FROM STDIN".encode()
+        ) as copy:
+            for row in rows:
+                await copy.write_row(row)
+
+    async def update_subject(self, subject_id: str, changes: Mapping[str, Any]) -> None:
+        sets = ", ".join(f"{column} = %s" for column in changes)
+        await self.run(
+            f"UPDATE subjects SET {sets}, updated_at = now() WHERE id = %s",
+            [*changes.values(), subject_id],
+        )
+
+    async def subject_keys(self, after: str | None, batch: int) -> list[Row]:
+        return await self.all(
+            "SELECT id, kek_version, wrapped_key FROM subjects"
+            " WHERE (%s::uuid IS NULL OR id > %s::uuid) ORDER BY id LIMIT %s FOR UPDATE",
+            (after, after, batch),
+        )
+
+    async def set_subject_key(self, subject_id: Any, version: int, wrapped: bytes) -> None:
+        await self.run(
+            "UPDATE subjects SET kek_version = %s, wrapped_key = %s WHERE id = %s",
+            (version, wrapped, subject_id),
+        )
+
+    # --- audit queries -------------------------------------------------------
+
+    async def search_audit(
+        self, actor: str | None, action: str | None, since: datetime | None,
+        until: datetime | None, offset: int, limit: int,
+    ) -> list[Row]:
+        where, params = ["TRUE"], []
+        if actor:
+            where.append("actor = %s")
+            params.append(actor)
+        if action:
+            where.append("action LIKE %s")
+            params.append(_like_prefix(action))
+        if since:
+            where.append("at >= %s")
+            params.append(since)
+        if until:
+            where.append("at < %s")
+            params.append(until)
+        params += [limit, offset]
+        return await self.all(
+            "SELECT seq, at, actor, role, action, outcome, target, purpose, client, detail"
+            f" FROM audit WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT %s OFFSET %s",
+            params,
+        )
+
+
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def entry_from_row(r: Row) -> audit.AuditEntry:
+    return audit.AuditEntry(
+        seq=int(r["seq"]), at=r["at"], actor=r["actor"], role=r["role"], action=r["action"],
+        outcome=r["outcome"], target=r["target"], purpose=r["purpose"], client=r["client"],
+        detail=r["detail"], prev_hash=bytes(r["prev_hash"]), hash=bytes(r["hash"]),
+    )
+
+
+def as_date(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
