@@ -1,11 +1,11 @@
 """``kura``: the administrator's command line.
 
-    kura check-number [--corporate]     numbers from standard input, one per line
-    kura db migrate                     apply schema migrations
-    kura vault init --seal MODE         make the root key and seal it
-    kura audit export -o FILE           download a verifiable audit bundle
-    kura audit verify FILE              check a bundle offline, on any machine
-    kura dev                            a local appliance (what ./build.sh dev runs)
+kura check-number [--corporate]     numbers from standard input, one per line
+kura db migrate                     apply schema migrations
+kura vault init --seal MODE         make the root key and seal it
+kura audit export -o FILE           download a verifiable audit bundle
+kura audit verify FILE              check a bundle offline, on any machine
+kura dev                            a local appliance (what ./build.sh dev runs)
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def cmd_vault_init(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     keys_dir = cfg.vault.keys_dir
     if sealing.read_seal(keys_dir) is not None:
-        print(f"kura vault init: {keys_dir} is already sealed; refusing to replace the root key",
-              file=sys.stderr)
+        print(
+            f"kura vault init: {keys_dir} is already sealed; refusing to replace the root key",
+            file=sys.stderr,
+        )
         return 1
     root = new_root_key()
     shares: list[str] = []
@@ -81,8 +83,10 @@ def cmd_vault_init(args: argparse.Namespace) -> int:
     for i, share in enumerate(shares, 1):
         print(f"share {i}/{len(shares)}: {share}")
     if shares:
-        print(f"any {args.threshold} of these {len(shares)} shares unseal the vault; "
-              "they are shown only now")
+        print(
+            f"any {args.threshold} of these {len(shares)} shares unseal the vault; "
+            "they are shown only now"
+        )
     return 0
 
 
@@ -96,8 +100,14 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     async def export() -> dict[str, object]:
         client = VaultClient(cfg.vault.socket, 1)
         try:
-            login = await client.call("login", {"username": args.user, "password": password,
-                                                **({"totp": args.totp} if args.totp else {})})
+            login = await client.call(
+                "login",
+                {
+                    "username": args.user,
+                    "password": password,
+                    **({"totp": args.totp} if args.totp else {}),
+                },
+            )
             token = str(login["token"])
             try:
                 return await client.call("audit.export", {}, token, "local")
@@ -138,14 +148,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kura", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kura", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("check-number", help="check numbers read from standard input",
-                       description="Read My Numbers (or corporate numbers) from standard input, "
-                       "one per line, and print OK or NG with the reason for each line. Exit 0 "
-                       "only if all are valid. Numbers are never taken from the command line.")
+    c = sub.add_parser(
+        "check-number",
+        help="check numbers read from standard input",
+        description="Read My Numbers (or corporate numbers) from standard input, "
+        "one per line, and print OK or NG with the reason for each line. Exit 0 "
+        "only if all are valid. Numbers are never taken from the command line.",
+    )
     c.add_argument("--corporate", action="store_true", help="corporate numbers (13 digits)")
     c.add_argument("--english", action="store_true", help="reasons in English only")
     c.set_defaults(func=cmd_check_number)
@@ -156,21 +170,28 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_db_migrate)
 
     vault = sub.add_parser("vault", help="the vault").add_subparsers(dest="vault", required=True)
-    i = vault.add_parser("init", help="make the root key and seal it",
-                         description="Make a new root key and seal it: to M-of-N custodian "
-                         "shares (SLIP-39), with systemd-creds (TPM2 or host key), or to a "
-                         "host-only file for development (does NOT survive disk theft).")
+    i = vault.add_parser(
+        "init",
+        help="make the root key and seal it",
+        description="Make a new root key and seal it: to M-of-N custodian "
+        "shares (SLIP-39), with systemd-creds (TPM2 or host key), or to a "
+        "host-only file for development (does NOT survive disk theft).",
+    )
     i.add_argument("--config")
     i.add_argument("--seal", choices=["shamir", "creds", "host"], default="shamir")
     i.add_argument("--threshold", type=int, default=3, help="M: shares needed (default 3)")
     i.add_argument("--shares", type=int, default=5, help="N: shares made (default 5)")
     i.add_argument("--with-key", default="auto", help="systemd-creds key: auto, tpm2, host")
-    i.add_argument("--recovery", action="store_true",
-                   help="with --seal creds: also make M-of-N recovery shares")
+    i.add_argument(
+        "--recovery",
+        action="store_true",
+        help="with --seal creds: also make M-of-N recovery shares",
+    )
     i.set_defaults(func=cmd_vault_init)
 
-    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit",
-                                                                          required=True)
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit", required=True
+    )
     e = audit.add_parser("export", help="export a verifiable bundle (needs an SA account)")
     e.add_argument("--config")
     e.add_argument("--user", required=True, help="an SA's user name")

@@ -83,7 +83,9 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def parse(raw: dict[str, Any], path: Path | None = None, env: dict[str, str] | None = None) -> Config:
+def parse(
+    raw: dict[str, Any], path: Path | None = None, env: dict[str, str] | None = None
+) -> Config:
     env = env if env is not None else {}
     try:
         db = _section(raw, "database")

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import sdnotify
 
@@ -52,7 +53,7 @@ async def wait_for_stop() -> None:
     await stop.wait()
 
 
-def run_main(name: str, body: Callable[[], Awaitable[None]]) -> int:
+def run_main(name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run a daemon's body; a KuraError ends it with one clear log line and exit 1."""
     setup_logging(name)
     try:

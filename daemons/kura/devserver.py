@@ -64,14 +64,14 @@ class LocalAppliance:
         self.state = self.state.resolve()
         pg_base = self.state / "db"
         self.state.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state, 0o755)
+        os.chmod(self.state, 0o755)  # noqa: S103 (postgres must traverse it)
         if not _pg_can_reach(self.state):
             # The postgres user cannot walk down to our folder (a parent is 0700):
             # keep the cluster where it can, named after our folder.
             tag = hashlib.sha256(str(self.state).encode()).hexdigest()[:12]
             pg_base = Path("/var/lib/kura-dev") / tag
             pg_base.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(pg_base.parent, 0o755)
+            os.chmod(pg_base.parent, 0o755)  # noqa: S103 (postgres must traverse it)
         self.cluster = Cluster(pg_base, self.pg_port)
 
     # --- paths ---------------------------------------------------------------
@@ -120,18 +120,29 @@ class LocalAppliance:
             else:
                 raise DevError(f"unknown seal {self.seal!r}", f"不明な封印方式: {self.seal}")
         if not self.cert.exists():
-            tls.make_self_signed(self.cert, self.state / "tls" / "key.pem",
-                                 ["127.0.0.1", "localhost"])
+            tls.make_self_signed(
+                self.cert, self.state / "tls" / "key.pem", ["127.0.0.1", "localhost"]
+            )
         self.write_config()
 
     def write_config(self) -> None:
-        sections = {
-            "database": {"dsn": self.cluster.dsn("kura_vault"),
-                         "owner_dsn": self.cluster.dsn("kura_owner")},
-            "vault": {"socket": str(self.socket), "keys_dir": str(self.keys_dir),
-                      "allowed_uids": [os.geteuid()], "admin_uids": [os.geteuid()]},
-            "console": {"listen": "127.0.0.1", "port": self.port, "cert": str(self.cert),
-                        "key": str(self.state / "tls" / "key.pem")},
+        sections: dict[str, dict[str, Any]] = {
+            "database": {
+                "dsn": self.cluster.dsn("kura_vault"),
+                "owner_dsn": self.cluster.dsn("kura_owner"),
+            },
+            "vault": {
+                "socket": str(self.socket),
+                "keys_dir": str(self.keys_dir),
+                "allowed_uids": [os.geteuid()],
+                "admin_uids": [os.geteuid()],
+            },
+            "console": {
+                "listen": "127.0.0.1",
+                "port": self.port,
+                "cert": str(self.cert),
+                "key": str(self.state / "tls" / "key.pem"),
+            },
         }
         for name, values in self.extra_config.items():
             sections.setdefault(name, {}).update(values)
@@ -150,7 +161,9 @@ class LocalAppliance:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         proc = subprocess.Popen(
             [sys.executable, "-m", module, "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         self.procs[name] = proc
@@ -165,11 +178,15 @@ class LocalAppliance:
         while not ready():
             if proc.poll() is not None:
                 tail = (self.logs / f"{what.removeprefix('kura-')}.log").read_text()[-2000:]
-                raise DevError(f"{what} exited with {proc.returncode}:\n{tail}",
-                               f"{what} が終了しました（{proc.returncode}）")
+                raise DevError(
+                    f"{what} exited with {proc.returncode}:\n{tail}",
+                    f"{what} が終了しました（{proc.returncode}）",
+                )
             if time.monotonic() > deadline:
-                raise DevError(f"{what} did not start within 60 s",
-                               f"{what} が 60 秒以内に起動しませんでした。")
+                raise DevError(
+                    f"{what} did not start within 60 s",
+                    f"{what} が 60 秒以内に起動しませんでした。",
+                )
             time.sleep(0.05)
 
     def stop_daemon(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -194,8 +211,9 @@ class LocalAppliance:
 
     # --- first account ---------------------------------------------------------
 
-    async def vault_call(self, op: str, args: dict[str, Any] | None = None,
-                         session: str | None = None) -> dict[str, Any]:
+    async def vault_call(
+        self, op: str, args: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
         client = VaultClient(self.socket, 1)
         try:
             return await client.call(op, args or {}, session, "local")
@@ -240,8 +258,10 @@ def main(state: Path, port: int, seal: str, da_password: str | None) -> int:
             for i, share in enumerate(appliance.shares, 1):
                 print(f"    {i}: {share}")
         if status["sealed"]:
-            print("  the vault is sealed: POST each share to /api/v1/unseal, then run again"
-                  " to create the first DA")
+            print(
+                "  the vault is sealed: POST each share to /api/v1/unseal, then run again"
+                " to create the first DA"
+            )
         elif password:
             print("  first DA:     user 'admin', one-time password:")
             print(f"                {password}")

@@ -75,7 +75,7 @@ class Cluster:
         for sub in (self.base, self.socket_dir, self.logfile.parent):
             sub.mkdir(parents=True, exist_ok=True)
         # The postgres user must be able to reach its folders.
-        os.chmod(self.base, 0o755)
+        os.chmod(self.base, 0o755)  # noqa: S103 (postgres must traverse it)
         if self.datadir.exists():
             shutil.rmtree(self.datadir)
         self.datadir.mkdir(mode=0o700)
@@ -87,8 +87,10 @@ class Cluster:
             run(
                 [
                     bindir() / "initdb",
-                    "-D", self.datadir,
-                    "-U", "postgres",
+                    "-D",
+                    self.datadir,
+                    "-U",
+                    "postgres",
                     "--auth=scram-sha-256",
                     f"--pwfile={pwfile}",
                     "--encoding=UTF8",
@@ -122,10 +124,14 @@ class Cluster:
             "CREATE DATABASE kura OWNER kura_owner;",
             dbname="postgres",
         )
-        self.psql("postgres", "REVOKE ALL ON SCHEMA public FROM PUBLIC;"
-                  "GRANT USAGE ON SCHEMA public TO kura_vault;"
-                  "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
-                  "ALTER SCHEMA public OWNER TO kura_owner;", dbname="kura")
+        self.psql(
+            "postgres",
+            "REVOKE ALL ON SCHEMA public FROM PUBLIC;"
+            "GRANT USAGE ON SCHEMA public TO kura_vault;"
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+            "ALTER SCHEMA public OWNER TO kura_owner;",
+            dbname="kura",
+        )
 
     def running(self) -> bool:
         return (self.datadir / "postmaster.pid").exists() and _pg_ctl_status(self)
@@ -134,8 +140,19 @@ class Cluster:
         if self.running():
             return
         run(
-            [bindir() / "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60",
-             "-o", f"-p {self.port}", "start"],
+            [
+                bindir() / "pg_ctl",
+                "-D",
+                self.datadir,
+                "-l",
+                self.logfile,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port}",
+                "start",
+            ],
             user=PG_USER,
         )
 
@@ -151,8 +168,25 @@ class Cluster:
         through the environment, so neither shows in ``ps``."""
         env = dict(os.environ, PGPASSWORD=self.password(role))
         out = run(
-            [bindir() / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-             "-h", self.socket_dir, "-p", str(self.port), "-U", role, "-d", dbname, "-f", "-"],
+            [
+                bindir() / "psql",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                self.socket_dir,
+                "-p",
+                str(self.port),
+                "-U",
+                role,
+                "-d",
+                dbname,
+                "-f",
+                "-",
+            ],
             input=sql.encode(),
             env=env,
         )

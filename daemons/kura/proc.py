@@ -8,16 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from kura.core.errors import KuraError
-
-
-class CommandFailed(KuraError):
-    """An external program exited non-zero."""
-
-    code = "command_failed"
-    status = 500
-    ja = "外部コマンドが失敗しました。"
-    en = "An external command failed."
+from kura.core.errors import CommandFailed
 
 
 def as_user(user: str | None) -> list[str]:
@@ -41,9 +32,7 @@ def run(
     to a program that may echo it there."""
     full = [*as_user(user), *map(str, argv)]
     try:
-        done = subprocess.run(
-            full, input=input, capture_output=True, cwd=cwd, env=env, check=False
-        )
+        done = subprocess.run(full, input=input, capture_output=True, cwd=cwd, env=env, check=False)
     except FileNotFoundError as exc:
         raise CommandFailed(f"{full[0]} is not installed", f"{full[0]} がありません。") from exc
     if done.returncode != 0:

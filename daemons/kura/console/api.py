@@ -47,55 +47,156 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/status", "status", "Appliance status: sealed or not, version",
-          public=True, tag="vault"),
-    Route("POST", "/unseal", "unseal", "Enter one custodian share (SLIP-39 mnemonic)",
-          body=True, public=True, tag="vault"),
-    Route("POST", "/session", "login", "Sign in; returns a bearer token",
-          body=True, public=True, tag="session"),
+    Route(
+        "GET",
+        "/status",
+        "status",
+        "Appliance status: sealed or not, version",
+        public=True,
+        tag="vault",
+    ),
+    Route(
+        "POST",
+        "/unseal",
+        "unseal",
+        "Enter one custodian share (SLIP-39 mnemonic)",
+        body=True,
+        public=True,
+        tag="vault",
+    ),
+    Route(
+        "POST",
+        "/session",
+        "login",
+        "Sign in; returns a bearer token",
+        body=True,
+        public=True,
+        tag="session",
+    ),
     Route("GET", "/session", "whoami", "Who the token belongs to", tag="session"),
     Route("DELETE", "/session", "logout", "Sign out", tag="session"),
-    Route("POST", "/session/password", "change_password", "Change your password",
-          body=True, tag="session"),
-    Route("POST", "/session/totp", "totp_begin", "Start enrolling a TOTP second factor",
-          tag="session"),
-    Route("POST", "/session/totp/confirm", "totp_confirm", "Confirm TOTP enrolment",
-          body=True, tag="session"),
+    Route(
+        "POST",
+        "/session/password",
+        "change_password",
+        "Change your password",
+        body=True,
+        tag="session",
+    ),
+    Route(
+        "POST", "/session/totp", "totp_begin", "Start enrolling a TOTP second factor", tag="session"
+    ),
+    Route(
+        "POST",
+        "/session/totp/confirm",
+        "totp_confirm",
+        "Confirm TOTP enrolment",
+        body=True,
+        tag="session",
+    ),
     Route("GET", "/purposes", "purposes", "The purposes a number may be used for"),
-    Route("POST", "/payees", "subject.register", "Register an individual payee",
-          body=True, fixed={"kind": "payee"}),
+    Route(
+        "POST",
+        "/payees",
+        "subject.register",
+        "Register an individual payee",
+        body=True,
+        fixed={"kind": "payee"},
+    ),
     Route("POST", "/subjects", "subject.register", "Register a subject of any kind", body=True),
-    Route("GET", "/subjects", "subject.list", "List subjects (numbers masked)",
-          query={"kind": str, "query": str, "offset": int, "limit": int}),
-    Route("POST", "/subjects/lookup", "subject.lookup",
-          "Find a subject by number or by code (number masked)", body=True),
-    Route("POST", "/subjects/import", "subject.import",
-          "Bulk import: JSON rows, or a CSV file (UTF-8 or Shift_JIS) as text/csv", body=True),
+    Route(
+        "GET",
+        "/subjects",
+        "subject.list",
+        "List subjects (numbers masked)",
+        query={"kind": str, "query": str, "offset": int, "limit": int},
+    ),
+    Route(
+        "POST",
+        "/subjects/lookup",
+        "subject.lookup",
+        "Find a subject by number or by code (number masked)",
+        body=True,
+    ),
+    Route(
+        "POST",
+        "/subjects/import",
+        "subject.import",
+        "Bulk import: JSON rows, or a CSV file (UTF-8 or Shift_JIS) as text/csv",
+        body=True,
+    ),
     Route("GET", "/subjects/{id}", "subject.get", "One subject (number masked)"),
-    Route("PATCH", "/subjects/{id}", "subject.correct", "Correct a subject's record (MA)",
-          body=True),
-    Route("POST", "/subjects/{id}/reveal", "subject.reveal",
-          "Reveal the number for a declared purpose (logged)", body=True),
-    Route("POST", "/exports", "subject.export",
-          "Export numbers for forms as CSV (Shift_JIS or UTF-8 with BOM); logged as a take-out",
-          body=True, respond="export"),
+    Route(
+        "PATCH", "/subjects/{id}", "subject.correct", "Correct a subject's record (MA)", body=True
+    ),
+    Route(
+        "POST",
+        "/subjects/{id}/reveal",
+        "subject.reveal",
+        "Reveal the number for a declared purpose (logged)",
+        body=True,
+    ),
+    Route(
+        "POST",
+        "/exports",
+        "subject.export",
+        "Export numbers for forms as CSV (Shift_JIS or UTF-8 with BOM); logged as a take-out",
+        body=True,
+        respond="export",
+    ),
     Route("GET", "/policy", "policy.get", "The security policy", tag="policy"),
-    Route("PUT", "/policy", "policy.set", "Change the security policy (SA)", body=True,
-          tag="policy"),
-    Route("GET", "/audit", "audit.list", "Search the audit log",
-          query={"actor": str, "action": str, "since": str, "until": str, "offset": int,
-                 "limit": int}, tag="audit"),
-    Route("GET", "/audit/export", "audit.export", "Download a verifiable audit bundle",
-          respond="bundle", tag="audit"),
+    Route(
+        "PUT", "/policy", "policy.set", "Change the security policy (SA)", body=True, tag="policy"
+    ),
+    Route(
+        "GET",
+        "/audit",
+        "audit.list",
+        "Search the audit log",
+        query={
+            "actor": str,
+            "action": str,
+            "since": str,
+            "until": str,
+            "offset": int,
+            "limit": int,
+        },
+        tag="audit",
+    ),
+    Route(
+        "GET",
+        "/audit/export",
+        "audit.export",
+        "Download a verifiable audit bundle",
+        respond="bundle",
+        tag="audit",
+    ),
     Route("GET", "/users", "user.list", "List accounts (DA)", tag="users"),
-    Route("POST", "/users", "user.create", "Create an account with a one-time password (DA)",
-          body=True, tag="users"),
-    Route("PATCH", "/users/{username}", "user.update", "Change role, name or disable (DA)",
-          body=True, tag="users"),
-    Route("POST", "/users/{username}/password-reset", "user.reset_password",
-          "Reset a password to a one-time password (DA)", body=True, tag="users"),
-    Route("POST", "/keys/rotate", "keys.rotate", "Rotate the keyring (DA)", body=True,
-          tag="vault"),
+    Route(
+        "POST",
+        "/users",
+        "user.create",
+        "Create an account with a one-time password (DA)",
+        body=True,
+        tag="users",
+    ),
+    Route(
+        "PATCH",
+        "/users/{username}",
+        "user.update",
+        "Change role, name or disable (DA)",
+        body=True,
+        tag="users",
+    ),
+    Route(
+        "POST",
+        "/users/{username}/password-reset",
+        "user.reset_password",
+        "Reset a password to a one-time password (DA)",
+        body=True,
+        tag="users",
+    ),
+    Route("POST", "/keys/rotate", "keys.rotate", "Rotate the keyring (DA)", body=True, tag="vault"),
 )
 
 
@@ -111,8 +212,7 @@ def http_status(exc: KuraError) -> int:
 
 
 def error_response(exc: KuraError) -> web.Response:
-    return web.json_response({"error": exc.to_json()}, status=http_status(exc),
-                             dumps=_dumps)
+    return web.json_response({"error": exc.to_json()}, status=http_status(exc), dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -133,12 +233,15 @@ async def _body(request: web.Request, route: Route) -> dict[str, Any]:
     if route.op == "subject.import" and ctype in ("text/csv", "application/octet-stream"):
         return {"csv": base64.b64encode(raw).decode()}
     if ctype != "application/json":
-        raise BadRequest("send the body as application/json",
-                         "本文は application/json で送ってください。")
+        raise BadRequest(
+            "send the body as application/json", "本文は application/json で送ってください。"
+        )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("the body is not valid JSON", "本文が正しい JSON ではありません。") from exc
+        raise BadRequest(
+            "the body is not valid JSON", "本文が正しい JSON ではありません。"
+        ) from exc
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", "本文は JSON オブジェクトです。")
     return body
@@ -149,14 +252,16 @@ def _query(request: web.Request, route: Route) -> dict[str, Any]:
     for name, value in request.query.items():
         kind = route.query.get(name)
         if kind is None:
-            raise BadRequest(f"unknown query parameter {name[:32]!r}",
-                             f"不明なクエリパラメータです: {name[:32]}")
+            raise BadRequest(
+                f"unknown query parameter {name[:32]!r}", f"不明なクエリパラメータです: {name[:32]}"
+            )
         if kind is int:
             try:
                 args[name] = int(value)
             except ValueError as exc:
-                raise BadRequest(f"{name} must be an integer", f"{name} は整数です。",
-                                 field=name) from exc
+                raise BadRequest(
+                    f"{name} must be an integer", f"{name} は整数です。", field=name
+                ) from exc
         else:
             args[name] = value
     return args
@@ -179,8 +284,9 @@ def make_handler(route: Route) -> Callable[[web.Request], Any]:
             if args.setdefault(name, value) != value:
                 raise BadRequest(f"{name} must be {value}", f"{name} は {value} です。")
         client = request.remote or ""
-        result = await request.app[VAULT].call(route.op, args, None if route.public and
-                                               route.op != "unseal" else token, client)
+        result = await request.app[VAULT].call(
+            route.op, args, None if route.public and route.op != "unseal" else token, client
+        )
         if route.respond == "export":
             charset = "Shift_JIS" if result["encoding"] == "shift_jis" else "UTF-8"
             return web.Response(

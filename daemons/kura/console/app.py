@@ -37,8 +37,14 @@ class AccessLogger(AbstractAccessLogger):
     """Method, path and status only: never a query string or a body."""
 
     def log(self, request: BaseRequest, response: StreamResponse, elapsed: float) -> None:
-        self.logger.info("%s %s %s %d %.1fms", request.remote, request.method,
-                         request.rel_url.path[:200], response.status, elapsed * 1000)
+        self.logger.info(
+            "%s %s %s %d %.1fms",
+            request.remote,
+            request.method,
+            request.rel_url.path[:200],
+            response.status,
+            elapsed * 1000,
+        )
 
 
 @web.middleware

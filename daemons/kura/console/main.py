@@ -23,8 +23,9 @@ async def serve(config_path: str | None) -> None:
         context.load_cert_chain(config.console.cert, config.console.key)
     runner = web.AppRunner(app, **access_log_args())
     await runner.setup()
-    site = web.TCPSite(runner, config.console.listen, config.console.port, ssl_context=context,
-                       backlog=512)
+    site = web.TCPSite(
+        runner, config.console.listen, config.console.port, ssl_context=context, backlog=512
+    )
     await site.start()
     notifier = Notifier()
     notifier.send("READY=1")

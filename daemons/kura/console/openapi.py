@@ -40,19 +40,28 @@ _STATUSES = {
 
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": route.op.replace(".", "_") + ("_" + route.path.strip("/").split("/")[0]
-                                                      if route.op == "subject.register" else ""),
+        "operationId": route.op.replace(".", "_")
+        + ("_" + route.path.strip("/").split("/")[0] if route.op == "subject.register" else ""),
         "summary": route.summary,
         "tags": [route.tag],
         "responses": {
             "200": {"description": "OK", "content": _success(route)},
-            **{code: {"description": text, "content": {"application/json": {"schema": {
-                "$ref": "#/components/schemas/Error"}}}} for code, text in _STATUSES.items()},
+            **{
+                code: {
+                    "description": text,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+                for code, text in _STATUSES.items()
+            },
         },
     }
     if route.op == "subject.register":
-        op["responses"]["201"] = {"description": "Created",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}
+        op["responses"]["201"] = {
+            "description": "Created",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
     if not route.public:
         op["security"] = [{"bearer": []}]
     params = [
@@ -60,9 +69,14 @@ def _operation(route: Route) -> dict[str, Any]:
         for name in route.path_params
     ]
     params += [
-        {"name": name, "in": "query", "required": False,
-         "schema": {"type": "integer", "minimum": 0} if kind is int else {"type": "string",
-                                                                           "maxLength": 100}}
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 0}
+            if kind is int
+            else {"type": "string", "maxLength": 100},
+        }
         for name, kind in route.query.items()
     ]
     if params:

@@ -19,8 +19,11 @@ class VaultError(KuraError):
     """An error the vault answered with; carries the vault's code and status."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(str(body.get("message_en", "")), str(body.get("message", "")),
-                         **(body.get("detail") or {}))
+        super().__init__(
+            str(body.get("message_en", "")),
+            str(body.get("message", "")),
+            **(body.get("detail") or {}),
+        )
         self.vault_status = status
         self.vault_code = str(body.get("code", "internal"))
 
@@ -51,7 +54,10 @@ class VaultClient:
             raise Unavailable("the vault is not reachable", "保管庫に接続できません。") from exc
 
     async def call(
-        self, op: str, args: dict[str, Any] | None = None, session: str | None = None,
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        session: str | None = None,
         client: str = "",
     ) -> dict[str, Any]:
         request = {"id": next(self._ids), "op": op, "args": args or {}, "client": client}
@@ -72,8 +78,9 @@ class VaultClient:
                     writer.close()
                     if attempt == 0 and op in _SAFE_TO_RETRY:
                         continue
-                    raise Unavailable("the vault closed the connection",
-                                      "保管庫との接続が切れました。")
+                    raise Unavailable(
+                        "the vault closed the connection", "保管庫との接続が切れました。"
+                    )
                 self._idle.put_nowait(conn)
                 reply = json.loads(answer)
                 if reply.get("ok"):
@@ -91,5 +98,15 @@ class VaultClient:
 
 # Reads may be sent again on a fresh connection after the vault restarted;
 # writes may not (the first attempt may have committed).
-_SAFE_TO_RETRY = frozenset({"status", "whoami", "purposes", "subject.get", "subject.list",
-                            "policy.get", "user.list", "audit.list"})
+_SAFE_TO_RETRY = frozenset(
+    {
+        "status",
+        "whoami",
+        "purposes",
+        "subject.get",
+        "subject.list",
+        "policy.get",
+        "user.list",
+        "audit.list",
+    }
+)

@@ -173,3 +173,45 @@ class Unavailable(KuraError):
     status = 503
     ja = "サービスに接続できません。しばらくしてから再度お試しください。"
     en = "The service is unavailable; try again shortly."
+
+
+class DecryptionFailed(KuraError):
+    """A ciphertext or wrapped key did not authenticate: wrong key, or the
+    stored bytes were altered or moved to another record, field or version.
+    The message never carries plaintext or key material."""
+
+    code = "decryption_failed"
+    status = 500
+    ja = "データを復号できませんでした（鍵の不一致、またはデータの改ざん・移動の可能性）。"
+    en = "Data could not be decrypted: wrong key, or the data was altered or moved."
+
+
+class SealDamaged(KuraError):
+    """The seal files on the kura-keys partition are missing, unreadable or
+    inconsistent, so no seal mode can be used as it stands."""
+
+    code = "seal_damaged"
+    status = 500
+    ja = "鍵パーティションの封印ファイルが見つからないか、破損しています。"
+    en = "The seal files on the kura-keys partition are missing or damaged."
+
+
+class CommandFailed(KuraError):
+    """A helper program (systemd-creds and the like) failed or is missing.
+    The message names the program and its error output, never its input."""
+
+    code = "command_failed"
+    status = 500
+    ja = "補助プログラムの実行に失敗しました。"
+    en = "A helper program failed."
+
+
+class AuditBundleMalformed(KuraError):
+    """An audit export bundle cannot be read or parsed: not the bundle format,
+    a line that is not canonical JSON, or a file cut short. ``detail`` names
+    the line when there is one."""
+
+    code = "audit_bundle_malformed"
+    status = 422
+    ja = "監査ログのバンドルの形式が正しくありません。"
+    en = "The audit bundle is malformed."

@@ -78,8 +78,9 @@ class VaultServer:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_LINE
-                    reply = error_reply(None, BadRequest("request too large",
-                                                         "リクエストが大きすぎます。"))
+                    reply = error_reply(
+                        None, BadRequest("request too large", "リクエストが大きすぎます。")
+                    )
                     writer.write(_encode(reply))
                     break
                 if not line:
@@ -98,7 +99,9 @@ class VaultServer:
             try:
                 request = json.loads(line)
             except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest("the request is not JSON", "リクエストが JSON ではありません。") from exc
+                raise BadRequest(
+                    "the request is not JSON", "リクエストが JSON ではありません。"
+                ) from exc
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise BadRequest("the request needs an op", "操作（op）がありません。")
             request_id = request.get("id")

@@ -56,7 +56,7 @@ from kura.core.keys import KeyHierarchy, bootstrap_keyring
 from kura.core.purposes import BY_CODE, CATALOGUE
 from kura.core.roles import PUBLIC, SELF, Role, may
 from kura.vault import sealing
-from kura.vault.store import Row, Store, Tx
+from kura.vault.store import Row, Store
 
 log = logging.getLogger("kura.vault")
 
@@ -102,15 +102,20 @@ Handler = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
 def _safe_name(text: str) -> str:
     """A user-typed name for the audit log: a number typed by mistake into the
     user-name field must not end up there."""
-    return "(invalid)" if audit.contains_number(text) else text[:64]
+    return "(invalid)" if audit.looks_like_my_number(text) else text[:64]
 
 
 def one_time_password() -> str:
     """A password that meets the default policy: 20 characters of four classes."""
     alphabet = string.ascii_letters + string.digits
     core = "".join(secrets.choice(alphabet) for _ in range(16))
-    return core + secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") + secrets.choice(
-        "abcdefghijkmnopqrstuvwxyz") + secrets.choice("23456789") + secrets.choice("-_.!")
+    return (
+        core
+        + secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ")
+        + secrets.choice("abcdefghijkmnopqrstuvwxyz")
+        + secrets.choice("23456789")
+        + secrets.choice("-_.!")
+    )
 
 
 class Vault:
@@ -201,7 +206,10 @@ class Vault:
             if stored:
                 self.policy = accounts.SecurityPolicy.from_json(stored)
             await tx.append_audit(
-                actor="-", role="", action="vault.unseal", client="local",
+                actor="-",
+                role="",
+                action="vault.unseal",
+                client="local",
                 detail={"seal": how, "key_versions": len(ring)},
             )
         self.keys = keys
@@ -266,8 +274,12 @@ class Vault:
         if not may(session.role, op):
             async with self.store.transaction() as tx:
                 await tx.append_audit(
-                    actor=caller.actor, role=caller.role, action=op, outcome="denied",
-                    client=caller.client, detail={"reason": "role"},
+                    actor=caller.actor,
+                    role=caller.role,
+                    action=op,
+                    outcome="denied",
+                    client=caller.client,
+                    detail={"reason": "role"},
                 )
             raise PermissionDenied()
         return await handler(caller, valid)
@@ -284,8 +296,12 @@ class Vault:
             if row is None or row["disabled"]:
                 raise NotAuthenticated()
             session = Session(
-                digest=digest, user_id=int(row["user_id"]), username=row["username"],
-                role=Role(row["role"]), created=row["created_at"], last_seen=row["last_seen"],
+                digest=digest,
+                user_id=int(row["user_id"]),
+                username=row["username"],
+                role=Role(row["role"]),
+                created=row["created_at"],
+                last_seen=row["last_seen"],
                 stored_seen=row["last_seen"],
                 restriction=self._restriction(row, bool(row["mfa_done"])),
             )
@@ -297,8 +313,11 @@ class Vault:
             async with self.store.transaction() as tx:
                 await tx.delete_session(digest)
                 await tx.append_audit(
-                    actor=session.username, role=str(session.role), action="session.expired",
-                    client=caller.client, detail={"why": expired},
+                    actor=session.username,
+                    role=str(session.role),
+                    action="session.expired",
+                    client=caller.client,
+                    detail={"why": expired},
                 )
             raise NotAuthenticated(
                 "the session expired; please sign in again",
@@ -340,8 +359,12 @@ class Vault:
                 raise Conflict("accounts already exist", "アカウントは既に存在します。")
             await tx.insert_user(args["username"], "DA", "Appliance Admin", hashed)
             await tx.append_audit(
-                actor="-", role="", action="user.create", target=args["username"],
-                client=caller.client, detail={"role": "DA", "first": True},
+                actor="-",
+                role="",
+                action="user.create",
+                target=args["username"],
+                client=caller.client,
+                detail={"role": "DA", "first": True},
             )
         return {"username": args["username"], "password": password, "must_change_password": True}
 
@@ -381,20 +404,32 @@ class Vault:
                 until = accounts.lockout_until(self.policy, failures, now)
                 await tx.record_login_failure(locked["id"], failures, until)
                 await tx.append_audit(
-                    actor=username, role=str(role), action="login", outcome="denied",
-                    client=caller.client, detail={"reason": "bad_credentials",
-                                                  "failures": failures, "locked": bool(until)},
+                    actor=username,
+                    role=str(role),
+                    action="login",
+                    outcome="denied",
+                    client=caller.client,
+                    detail={
+                        "reason": "bad_credentials",
+                        "failures": failures,
+                        "locked": bool(until),
+                    },
                 )
             else:
                 await tx.record_login_success(locked["id"])
                 if totp_step is not None:
-                    await tx.run("UPDATE users SET totp_last_step = %s WHERE id = %s",
-                                 (totp_step, locked["id"]))
+                    await tx.run(
+                        "UPDATE users SET totp_last_step = %s WHERE id = %s",
+                        (totp_step, locked["id"]),
+                    )
                 token, digest = accounts.new_session_token()
                 mfa_done = totp_step is not None
                 row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done)
                 await tx.append_audit(
-                    actor=username, role=str(role), action="login", client=caller.client,
+                    actor=username,
+                    role=str(role),
+                    action="login",
+                    client=caller.client,
                     detail={"mfa": mfa_done},
                 )
         if not good:
@@ -403,8 +438,13 @@ class Vault:
             raise LoginFailed()
         restriction = self._restriction(locked, mfa_done)
         session = Session(
-            digest=digest, user_id=int(locked["id"]), username=username, role=role,
-            created=row["created_at"], last_seen=now, stored_seen=row["last_seen"],
+            digest=digest,
+            user_id=int(locked["id"]),
+            username=username,
+            role=role,
+            created=row["created_at"],
+            last_seen=now,
+            stored_seen=row["last_seen"],
             restriction=restriction,
         )
         self.sessions[digest] = session
@@ -421,23 +461,31 @@ class Vault:
         self, caller: Caller, actor: str, role: str, outcome: str, reason: str
     ) -> None:
         async with self.store.transaction() as tx:
-            await tx.append_audit(actor=actor, role=str(role), action="login", outcome=outcome,
-                                  client=caller.client, detail={"reason": reason})
+            await tx.append_audit(
+                actor=actor,
+                role=str(role),
+                action="login",
+                outcome=outcome,
+                client=caller.client,
+                detail={"reason": reason},
+            )
 
     async def logout(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         self.sessions.pop(caller.session.digest, None)
         async with self.store.transaction() as tx:
             await tx.delete_session(caller.session.digest)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="logout",
-                                  client=caller.client)
+            await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="logout", client=caller.client
+            )
         return {"signed_out": True}
 
     async def whoami(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         s = caller.session
         return {
-            "username": s.username, "role": str(s.role),
+            "username": s.username,
+            "role": str(s.role),
             "must_change_password": s.restriction == "password",
             "mfa_setup_required": s.restriction == "mfa",
         }
@@ -461,8 +509,13 @@ class Vault:
         hashed = await asyncio.to_thread(accounts.hash_password, new)
         async with self.store.transaction() as tx:
             await tx.set_password(s.user_id, hashed, must_change=False)
-            await tx.append_audit(actor=s.username, role=str(s.role), action="user.password",
-                                  target=s.username, client=caller.client)
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.password",
+                target=s.username,
+                client=caller.client,
+            )
             user = await tx.user_by_id(s.user_id)
             session_row = await tx.session(s.digest)
         assert user is not None and session_row is not None
@@ -473,8 +526,9 @@ class Vault:
 
     def _open_totp(self, user: Row, column: str) -> str:
         keys = self._keys()
-        dk = keys.open_data_key(f"user:{user['id']}", user["totp_kek_version"],
-                                bytes(user["totp_wrapped_key"]))
+        dk = keys.open_data_key(
+            f"user:{user['id']}", user["totp_kek_version"], bytes(user["totp_wrapped_key"])
+        )
         return dk.decrypt(column, bytes(user[column])).decode()
 
     async def totp_begin(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -492,10 +546,17 @@ class Vault:
             user = await tx.user_by_id(s.user_id)
             assert user is not None
             if user["totp_secret_ct"] is not None:
-                raise Conflict("a second factor is already set up; ask a DA to reset it",
-                               "二要素認証は設定済みです。リセットはアプライアンス管理者に依頼してください。")
-            await tx.append_audit(actor=s.username, role=str(s.role), action="user.totp_begin",
-                                  target=s.username, client=caller.client)
+                raise Conflict(
+                    "a second factor is already set up; ask a DA to reset it",
+                    "二要素認証は設定済みです。リセットはアプライアンス管理者に依頼してください。",
+                )
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.totp_begin",
+                target=s.username,
+                client=caller.client,
+            )
         return {"secret": secret, "uri": accounts.totp_uri(secret, s.username)}
 
     async def totp_confirm(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -511,17 +572,22 @@ class Vault:
             if step is None:
                 raise LoginFailed("the code does not match", "確認コードが一致しません。")
             keys = self._keys()
-            dk = keys.open_data_key(f"user:{s.user_id}", user["totp_kek_version"],
-                                    bytes(user["totp_wrapped_key"]))
+            dk = keys.open_data_key(
+                f"user:{s.user_id}", user["totp_kek_version"], bytes(user["totp_wrapped_key"])
+            )
             await tx.run(
                 "UPDATE users SET totp_secret_ct = %s, totp_pending_ct = NULL,"
                 " totp_last_step = %s WHERE id = %s",
                 (dk.encrypt("totp_secret_ct", secret.encode()), step, s.user_id),
             )
-            await tx.run("UPDATE sessions SET mfa_done = true WHERE token_digest = %s",
-                         (s.digest,))
-            await tx.append_audit(actor=s.username, role=str(s.role), action="user.totp_enrol",
-                                  target=s.username, client=caller.client)
+            await tx.run("UPDATE sessions SET mfa_done = true WHERE token_digest = %s", (s.digest,))
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.totp_enrol",
+                target=s.username,
+                client=caller.client,
+            )
             user = await tx.user_by_id(s.user_id)
         assert user is not None
         self.sessions[s.digest] = replace(s, restriction=self._restriction(user, True))
@@ -536,13 +602,23 @@ class Vault:
         async with self.store.transaction() as tx:
             if await tx.user_by_name(args["username"]):
                 raise Conflict("that user name is taken", "そのユーザー名は使われています。")
-            await tx.insert_user(args["username"], args["role"], args.get("display_name", ""),
-                                 hashed)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="user.create",
-                                  target=args["username"], client=caller.client,
-                                  detail={"role": args["role"]})
-        return {"username": args["username"], "role": args["role"], "password": password,
-                "must_change_password": True}
+            await tx.insert_user(
+                args["username"], args["role"], args.get("display_name", ""), hashed
+            )
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.create",
+                target=args["username"],
+                client=caller.client,
+                detail={"role": args["role"]},
+            )
+        return {
+            "username": args["username"],
+            "role": args["role"],
+            "password": password,
+            "must_change_password": True,
+        }
 
     async def user_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
@@ -551,8 +627,13 @@ class Vault:
                 " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
                 " FROM users ORDER BY username"
             )
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="user.list",
-                                  client=caller.client, detail={"count": len(rows)})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
         return {"users": [_jsonable(r) for r in rows]}
 
     async def user_update(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -564,18 +645,25 @@ class Vault:
             if user["id"] == (caller.session.user_id if caller.session else None) and (
                 changes.get("disabled") or changes.get("role", "DA") != "DA"
             ):
-                raise Conflict("you cannot disable or demote yourself",
-                               "自分自身を無効化・降格することはできません。")
+                raise Conflict(
+                    "you cannot disable or demote yourself",
+                    "自分自身を無効化・降格することはできません。",
+                )
             if changes:
                 sets = ", ".join(f"{k} = %s" for k in changes)
-                await tx.run(f"UPDATE users SET {sets} WHERE id = %s",
-                             [*changes.values(), user["id"]])
+                await tx.run(
+                    f"UPDATE users SET {sets} WHERE id = %s", [*changes.values(), user["id"]]
+                )
             if "role" in changes or changes.get("disabled"):
                 await tx.delete_user_sessions(user["id"])
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="user.update",
-                                  target=args["username"], client=caller.client,
-                                  detail={k: v for k, v in changes.items()
-                                          if k != "display_name"})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.update",
+                target=args["username"],
+                client=caller.client,
+                detail={k: v for k, v in changes.items() if k != "display_name"},
+            )
         self._forget_user_sessions(int(user["id"]))
         return {"username": args["username"], **changes}
 
@@ -588,13 +676,20 @@ class Vault:
                 raise NotFound()
             await tx.set_password(user["id"], hashed, must_change=True)
             if args.get("reset_totp"):
-                await tx.run("UPDATE users SET totp_secret_ct = NULL, totp_pending_ct = NULL,"
-                             " totp_last_step = NULL WHERE id = %s", (user["id"],))
+                await tx.run(
+                    "UPDATE users SET totp_secret_ct = NULL, totp_pending_ct = NULL,"
+                    " totp_last_step = NULL WHERE id = %s",
+                    (user["id"],),
+                )
             await tx.delete_user_sessions(user["id"])
-            await tx.append_audit(actor=caller.actor, role=caller.role,
-                                  action="user.reset_password", target=args["username"],
-                                  client=caller.client,
-                                  detail={"reset_totp": bool(args.get("reset_totp"))})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.reset_password",
+                target=args["username"],
+                client=caller.client,
+                detail={"reset_totp": bool(args.get("reset_totp"))},
+            )
         self._forget_user_sessions(int(user["id"]))
         return {"username": args["username"], "password": password, "must_change_password": True}
 
@@ -609,8 +704,13 @@ class Vault:
         async with self.store.transaction() as tx:
             await tx.set_setting("policy", new.to_json())
             changed = sorted(k for k, v in new.to_json().items() if old.get(k) != v)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="policy.set",
-                                  client=caller.client, detail={"changed": changed})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="policy.set",
+                client=caller.client,
+                detail={"changed": changed},
+            )
         self.policy = new
         return {"policy": new.to_json()}
 
@@ -633,7 +733,8 @@ class Vault:
             "purposes": list(row["purposes"]),
             "retention_basis": row["retention_basis"],
             "retention_event": row["retention_event"].isoformat()
-            if row["retention_event"] else None,
+            if row["retention_event"]
+            else None,
             "created_at": row["created_at"].isoformat(),
         }
 
@@ -671,33 +772,50 @@ class Vault:
                 if same_code is not None and same_code["id"] == same_number["id"]:
                     return {"subject": self._summary(same_number), "created": False}
                 await tx.append_audit(
-                    actor=caller.actor, role=caller.role, action="subject.register",
-                    outcome="denied", client=caller.client, detail={"reason": "duplicate_number"},
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.register",
+                    outcome="denied",
+                    client=caller.client,
+                    detail={"reason": "duplicate_number"},
                 )
                 raise DuplicateNumber()
             if same_code is not None:
-                raise Conflict("that code is already used for another number",
-                               "そのコードは別の番号で登録済みです。", field="code")
+                raise Conflict(
+                    "that code is already used for another number",
+                    "そのコードは別の番号で登録済みです。",
+                    field="code",
+                )
             employee_id = None
             if subject.kind == "dependent":
                 employee = await tx.subject_by_code("employee", subject.employee_code)
                 if employee is None:
-                    raise NotFound("no employee with that code", "その社員コードの社員がいません。",
-                                   field="employee_code")
+                    raise NotFound(
+                        "no employee with that code",
+                        "その社員コードの社員がいません。",
+                        field="employee_code",
+                    )
                 employee_id = employee["id"]
             values = self._sealed_row(subject, employee_id, caller.actor)
             await tx.insert_subject(values)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="subject.register",
-                                  target=values["id"], client=caller.client,
-                                  detail={"kind": subject.kind})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.register",
+                target=values["id"],
+                client=caller.client,
+                detail={"kind": subject.kind},
+            )
             row = await tx.subject(values["id"])
         assert row is not None
         return {"subject": self._summary(row), "created": True}
 
     async def subject_lookup(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         if ("number" in args) == ("code" in args):
-            raise BadRequest("give exactly one of number or code",
-                             "番号またはコードのどちらか一方を指定してください。")
+            raise BadRequest(
+                "give exactly one of number or code",
+                "番号またはコードのどちらか一方を指定してください。",
+            )
         async with self.store.transaction() as tx:
             if "number" in args:
                 number = numbers.parse_my_number(args["number"])
@@ -706,9 +824,14 @@ class Vault:
             else:
                 row = await tx.subject_by_code(args.get("kind", "payee"), args["code"])
                 by = "code"
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="subject.lookup",
-                                  target=str(row["id"]) if row else "", client=caller.client,
-                                  detail={"by": by, "found": row is not None})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.lookup",
+                target=str(row["id"]) if row else "",
+                client=caller.client,
+                detail={"by": by, "found": row is not None},
+            )
         return {"subjects": [self._summary(row)] if row else []}
 
     async def subject_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -716,16 +839,26 @@ class Vault:
             row = await tx.subject(args["id"])
             if row is None:
                 raise NotFound()
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="subject.get",
-                                  target=args["id"], client=caller.client)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.get",
+                target=args["id"],
+                client=caller.client,
+            )
         return {"subject": self._summary(row)}
 
     async def subject_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         offset, limit = args.get("offset", 0), args.get("limit", 50)
         async with self.store.transaction() as tx:
             rows = await tx.list_subjects(args.get("kind"), args.get("query"), offset, limit)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="subject.list",
-                                  client=caller.client, detail={"count": len(rows)})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
         return {"subjects": [self._summary(r) for r in rows], "offset": offset, "limit": limit}
 
     async def subject_reveal(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -735,16 +868,29 @@ class Vault:
             if row is None:
                 raise NotFound()
             if purpose not in row["purposes"]:
-                await tx.append_audit(actor=caller.actor, role=caller.role,
-                                      action="subject.reveal", outcome="denied",
-                                      target=args["id"], purpose=_safe_purpose(purpose),
-                                      client=caller.client, detail={"reason": "purpose"})
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.reveal",
+                    outcome="denied",
+                    target=args["id"],
+                    purpose=_safe_purpose(purpose),
+                    client=caller.client,
+                    detail={"reason": "purpose"},
+                )
                 raise PurposeRequired(allowed=list(row["purposes"]))
-            dk = self._keys().open_data_key(str(row["id"]), row["kek_version"],
-                                            bytes(row["wrapped_key"]))
+            dk = self._keys().open_data_key(
+                str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+            )
             number = dk.decrypt("number", bytes(row["number_ct"])).decode()
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="subject.reveal",
-                                  target=args["id"], purpose=purpose, client=caller.client)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.reveal",
+                target=args["id"],
+                purpose=purpose,
+                client=caller.client,
+            )
         return {"id": args["id"], "number": number, "purpose": purpose}
 
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -760,13 +906,15 @@ class Vault:
             if "purposes" in args:
                 unknown = [p for p in args["purposes"] if p not in BY_CODE]
                 if unknown or not args["purposes"]:
-                    raise BadRequest("unknown or no purposes", "利用目的が正しくありません。",
-                                     field="purposes")
+                    raise BadRequest(
+                        "unknown or no purposes", "利用目的が正しくありません。", field="purposes"
+                    )
                 changes["purposes"] = list(dict.fromkeys(args["purposes"]))
             if "retention_event" in args:
                 changes["retention_event"] = (
                     _parse_date(args["retention_event"], "retention_event")
-                    if args["retention_event"] else None
+                    if args["retention_event"]
+                    else None
                 )
             if "number" in args:
                 number = numbers.parse_my_number(args["number"])
@@ -774,15 +922,19 @@ class Vault:
                 other = await tx.subject_by_bidx(bidx)
                 if other is not None and other["id"] != row["id"]:
                     raise DuplicateNumber()
-                dk = keys.open_data_key(str(row["id"]), row["kek_version"],
-                                        bytes(row["wrapped_key"]))
+                dk = keys.open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
                 changes["number_ct"] = dk.encrypt("number", number.encode())
                 changes["number_bidx"] = bidx
             if changes:
                 await tx.update_subject(args["id"], changes)
             await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="subject.correct",
-                target=args["id"], client=caller.client,
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.correct",
+                target=args["id"],
+                client=caller.client,
                 detail={"fields": sorted(k for k in changes if k != "number_bidx")},
             )
             row = await tx.subject(args["id"])
@@ -803,7 +955,7 @@ class Vault:
         created = existing = 0
         records = sorted(parsed.records, key=lambda r: r.subject.kind != "employee")
         for start in range(0, len(records), IMPORT_BATCH):
-            batch = records[start:start + IMPORT_BATCH]
+            batch = records[start : start + IMPORT_BATCH]
             for attempt in range(3):
                 try:
                     c, e, rej = await self._import_batch(caller, batch)
@@ -817,8 +969,12 @@ class Vault:
             rejections += rej
             await asyncio.sleep(0)
         rejections.sort(key=lambda r: r["line"])
-        return {"created": created, "existing": existing, "rejected": rejections,
-                "total": len(parsed.records) + len(parsed.rejections)}
+        return {
+            "created": created,
+            "existing": existing,
+            "rejected": rejections,
+            "total": len(parsed.records) + len(parsed.rejections),
+        }
 
     async def _import_batch(
         self, caller: Caller, batch: Sequence[importer.ImportRecord]
@@ -845,16 +1001,30 @@ class Vault:
                         rejections.append(_reject(record.line, "number", DuplicateNumber()))
                     continue
                 if same_code is not None:
-                    rejections.append(_reject(record.line, "code", Conflict(
-                        "that code is already used for another number",
-                        "そのコードは別の番号で登録済みです。")))
+                    rejections.append(
+                        _reject(
+                            record.line,
+                            "code",
+                            Conflict(
+                                "that code is already used for another number",
+                                "そのコードは別の番号で登録済みです。",
+                            ),
+                        )
+                    )
                     continue
                 employee_id = None
                 if s.kind == "dependent":
                     employee_id = employees.get(s.employee_code)
                     if employee_id is None:
-                        rejections.append(_reject(record.line, "employee_code", NotFound(
-                            "no employee with that code", "その社員コードの社員がいません。")))
+                        rejections.append(
+                            _reject(
+                                record.line,
+                                "employee_code",
+                                NotFound(
+                                    "no employee with that code", "その社員コードの社員がいません。"
+                                ),
+                            )
+                        )
                         continue
                 values = self._sealed_row(s, employee_id, caller.actor)
                 if s.kind == "employee":
@@ -865,7 +1035,9 @@ class Vault:
             if rows:
                 await tx.copy_subjects(rows)
             await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="subject.import",
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.import",
                 client=caller.client,
                 detail={"created": len(rows), "existing": existing, "rejected": len(rejections)},
             )
@@ -894,36 +1066,61 @@ class Vault:
                 ):
                     unencodable.append(str(row["id"]))
                     continue
-                dk = keys.open_data_key(str(row["id"]), row["kek_version"],
-                                        bytes(row["wrapped_key"]))
+                dk = keys.open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
                 number = dk.decrypt("number", bytes(row["number_ct"])).decode()
                 writer.writerow([row["kind"], row["code"], row["name"], row["name_kana"], number])
                 count += 1
             text = out.getvalue()
-            data = text.encode("cp932") if encoding == "shift_jis" else (
-                "\ufeff" + text).encode("utf-8")
+            data = (
+                text.encode("cp932")
+                if encoding == "shift_jis"
+                else ("\ufeff" + text).encode("utf-8")
+            )
             digest = hashlib.sha256(data).hexdigest()
             await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="subject.export", purpose=purpose,
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.export",
+                purpose=purpose,
                 client=caller.client,
-                detail={"rows": count, "sha256": digest, "encoding": encoding,
-                        "skipped": len(skipped), "unencodable": len(unencodable)},
+                detail={
+                    "rows": count,
+                    "sha256": digest,
+                    "encoding": encoding,
+                    "skipped": len(skipped),
+                    "unencodable": len(unencodable),
+                },
             )
-        return {"rows": count, "sha256": digest, "encoding": encoding,
-                "content": base64.b64encode(data).decode(), "skipped_purpose": skipped,
-                "unencodable": unencodable}
+        return {
+            "rows": count,
+            "sha256": digest,
+            "encoding": encoding,
+            "content": base64.b64encode(data).decode(),
+            "skipped_purpose": skipped,
+            "unencodable": unencodable,
+        }
 
     # --- audit and keys --------------------------------------------------------
 
     async def audit_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             rows = await tx.search_audit(
-                args.get("actor"), args.get("action"),
-                _parse_time(args.get("since"), "since"), _parse_time(args.get("until"), "until"),
-                args.get("offset", 0), args.get("limit", 100),
+                args.get("actor"),
+                args.get("action"),
+                _parse_time(args.get("since"), "since"),
+                _parse_time(args.get("until"), "until"),
+                args.get("offset", 0),
+                args.get("limit", 100),
             )
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="audit.list",
-                                  client=caller.client, detail={"count": len(rows)})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="audit.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
         return {"entries": [_jsonable(r) for r in rows]}
 
     async def checkpoint(self) -> audit.Checkpoint | None:
@@ -935,31 +1132,43 @@ class Vault:
             head = await tx.audit_head()
             if head is None or int(head["seq"]) <= await tx.last_checkpoint_seq():
                 return None
-            cp = audit.sign_checkpoint(keys.audit_signing_key, int(head["seq"]),
-                                       bytes(head["hash"]), self.clock())
+            cp = audit.sign_checkpoint(
+                keys.audit_signing_key, int(head["seq"]), bytes(head["hash"]), self.clock()
+            )
             await tx.insert_checkpoint(cp)
         return cp
 
     async def audit_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         async with self.store.transaction() as tx:
-            entry = await tx.append_audit(actor=caller.actor, role=caller.role,
-                                          action="audit.export", client=caller.client)
+            entry = await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="audit.export", client=caller.client
+            )
         async with self.store.transaction() as tx:
             entries = await tx.audit_entries()
             checkpoints = await tx.checkpoints()
-        final = audit.sign_checkpoint(keys.audit_signing_key, entry.seq, entry.hash, self.clock())
-        bundle = audit.bundle_bytes(entries, checkpoints, final, self.config.appliance)
-        return {"bundle": base64.b64encode(bundle).decode(),
-                "sha256": hashlib.sha256(bundle).hexdigest(), "entries": len(entries)}
+        final = audit.sign_checkpoint(
+            keys.audit_signing_key, entry.seq, entry.hash, self.clock(), final=True
+        )
+        bundle = b"".join(audit.bundle_lines(entries, checkpoints, final, self.config.appliance))
+        return {
+            "bundle": base64.b64encode(bundle).decode(),
+            "sha256": hashlib.sha256(bundle).hexdigest(),
+            "entries": len(entries),
+        }
 
     async def keys_rotate(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         version, wrapped = keys.rotate()
         async with self.store.transaction() as tx:
             await tx.add_keyring_version(version, wrapped)
-            await tx.append_audit(actor=caller.actor, role=caller.role, action="keys.rotate",
-                                  client=caller.client, detail={"version": version})
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="keys.rotate",
+                client=caller.client,
+                detail={"version": version},
+            )
         rewrapped = 0
         if args.get("rewrap"):
             after: str | None = None
@@ -970,13 +1179,18 @@ class Vault:
                         if r["kek_version"] == version:
                             continue
                         new_version, new_wrapped = keys.rewrap_data_key(
-                            str(r["id"]), r["kek_version"], bytes(r["wrapped_key"]))
+                            str(r["id"]), r["kek_version"], bytes(r["wrapped_key"])
+                        )
                         await tx.set_subject_key(r["id"], new_version, new_wrapped)
                         rewrapped += 1
                     if batch:
-                        await tx.append_audit(actor=caller.actor, role=caller.role,
-                                              action="keys.rewrap", client=caller.client,
-                                              detail={"count": len(batch)})
+                        await tx.append_audit(
+                            actor=caller.actor,
+                            role=caller.role,
+                            action="keys.rewrap",
+                            client=caller.client,
+                            detail={"count": len(batch)},
+                        )
                 if len(batch) < 1000:
                     break
                 after = str(batch[-1]["id"])
@@ -984,8 +1198,20 @@ class Vault:
 
 
 _COPY = (
-    "id", "kind", "code", "name", "name_kana", "employee_id", "birth_date", "purposes",
-    "retention_basis", "kek_version", "wrapped_key", "number_ct", "number_bidx", "created_by",
+    "id",
+    "kind",
+    "code",
+    "name",
+    "name_kana",
+    "employee_id",
+    "birth_date",
+    "purposes",
+    "retention_basis",
+    "kek_version",
+    "wrapped_key",
+    "number_ct",
+    "number_bidx",
+    "created_by",
 )
 
 
@@ -1000,13 +1226,17 @@ def _safe_purpose(purpose: str) -> str:
 
 
 def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
-    return {"line": line, "field": field, "code": error.code, "message": error.message_ja,
-            "message_en": error.message_en}
+    return {
+        "line": line,
+        "field": field,
+        "code": error.code,
+        "message": error.message_ja,
+        "message_en": error.message_en,
+    }
 
 
 def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
-    return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja,
-            "message_en": r.en}
+    return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
 
 
 def _encodable(values: Sequence[str]) -> bool:
@@ -1022,8 +1252,11 @@ def _parse_date(value: str, field: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise BadRequest(f"{field}: not a date (YYYY-MM-DD)",
-                         f"{field}: 日付（YYYY-MM-DD）ではありません。", field=field) from exc
+        raise BadRequest(
+            f"{field}: not a date (YYYY-MM-DD)",
+            f"{field}: 日付（YYYY-MM-DD）ではありません。",
+            field=field,
+        ) from exc
 
 
 def _parse_time(value: str | None, field: str) -> datetime | None:
@@ -1032,8 +1265,11 @@ def _parse_time(value: str | None, field: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise BadRequest(f"{field}: not a date-time (ISO 8601)",
-                         f"{field}: 日時（ISO 8601）ではありません。", field=field) from exc
+        raise BadRequest(
+            f"{field}: not a date-time (ISO 8601)",
+            f"{field}: 日時（ISO 8601）ではありません。",
+            field=field,
+        ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -52,8 +52,12 @@ Row = dict[str, Any]
 
 class Store:
     def __init__(self, dsn: str, min_size: int = 2, max_size: int = 16) -> None:
-        self.pool = AsyncConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=10.0,
             kwargs={"row_factory": dict_row},
         )
 
@@ -116,16 +120,37 @@ class Tx:
             prev, seq, at, actor, role, action, outcome, target, purpose, client, facts
         )
         entry = audit.AuditEntry(
-            seq=seq, at=at, actor=actor, role=role, action=action, outcome=outcome,
-            target=target, purpose=purpose, client=client, detail=facts,
-            prev_hash=prev, hash=digest,
+            seq=seq,
+            at=at,
+            actor=actor,
+            role=role,
+            action=action,
+            outcome=outcome,
+            target=target,
+            purpose=purpose,
+            client=client,
+            detail=facts,
+            prev_hash=prev,
+            hash=digest,
         )
         audit.refuse_numbers(entry)
         await self.conn.execute(
             "INSERT INTO audit (seq, at, actor, role, action, outcome, target, purpose, client,"
             " detail, prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (seq, at, actor, role, action, outcome, target, purpose, client,
-             json.dumps(facts, ensure_ascii=False), prev, digest),
+            (
+                seq,
+                at,
+                actor,
+                role,
+                action,
+                outcome,
+                target,
+                purpose,
+                client,
+                json.dumps(facts, ensure_ascii=False),
+                prev,
+                digest,
+            ),
         )
         return entry
 
@@ -151,8 +176,11 @@ class Tx:
         rows = await self.all("SELECT * FROM audit_checkpoints ORDER BY seq")
         return [
             audit.Checkpoint(
-                seq=int(r["seq"]), hash=bytes(r["hash"]), at=r["at"],
-                signature=bytes(r["signature"]), public_key=bytes(r["public_key"]),
+                seq=int(r["seq"]),
+                hash=bytes(r["hash"]),
+                at=r["at"],
+                signature=bytes(r["signature"]),
+                public_key=bytes(r["public_key"]),
             )
             for r in rows
         ]
@@ -228,7 +256,9 @@ class Tx:
         )
         return [str(r["hash"]) for r in rows]
 
-    async def record_login_failure(self, user_id: int, failures: int, locked: datetime | None) -> None:
+    async def record_login_failure(
+        self, user_id: int, failures: int, locked: datetime | None
+    ) -> None:
         await self.run(
             "UPDATE users SET failed_logins = %s, locked_until = %s WHERE id = %s",
             (failures, locked, user_id),
@@ -241,9 +271,7 @@ class Tx:
             (user_id,),
         )
 
-    async def insert_session(
-        self, digest: bytes, user_id: int, client: str, mfa_done: bool
-    ) -> Row:
+    async def insert_session(self, digest: bytes, user_id: int, client: str, mfa_done: bool) -> Row:
         row = await self.one(
             "INSERT INTO sessions (token_digest, user_id, client, mfa_done)"
             " VALUES (%s, %s, %s, %s) RETURNING created_at, last_seen",
@@ -289,9 +317,7 @@ class Tx:
             f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE kind = %s AND code = %s", (kind, code)
         )
 
-    async def subjects_matching(
-        self, bidxs: Sequence[bytes], codes: Sequence[str]
-    ) -> list[Row]:
+    async def subjects_matching(self, bidxs: Sequence[bytes], codes: Sequence[str]) -> list[Row]:
         return await self.all(
             "SELECT id, kind, code, number_bidx FROM subjects"
             " WHERE number_bidx = ANY(%s) OR code = ANY(%s)",
@@ -306,10 +332,15 @@ class Tx:
         return {str(r["code"]): r["id"] for r in rows}
 
     async def list_subjects(
-        self, kind: str | None, query: str | None, offset: int, limit: int,
+        self,
+        kind: str | None,
+        query: str | None,
+        offset: int,
+        limit: int,
         ids: Sequence[str] | None = None,
     ) -> list[Row]:
-        where, params = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
         if kind:
             where.append("kind = %s")
             params.append(kind)
@@ -339,9 +370,10 @@ class Tx:
         )
 
     async def copy_subjects(self, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.conn.cursor() as cur, cur.copy(
-            f"COPY subjects ({', '.join(COPY_COLUMNS)}) FROM STDIN".encode()
-        ) as copy:
+        async with (
+            self.conn.cursor() as cur,
+            cur.copy(f"COPY subjects ({', '.join(COPY_COLUMNS)}) FROM STDIN".encode()) as copy,
+        ):
             for row in rows:
                 await copy.write_row(row)
 
@@ -368,10 +400,16 @@ class Tx:
     # --- audit queries -------------------------------------------------------
 
     async def search_audit(
-        self, actor: str | None, action: str | None, since: datetime | None,
-        until: datetime | None, offset: int, limit: int,
+        self,
+        actor: str | None,
+        action: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        offset: int,
+        limit: int,
     ) -> list[Row]:
-        where, params = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
         if actor:
             where.append("actor = %s")
             params.append(actor)
@@ -399,9 +437,18 @@ def _like_prefix(text: str) -> str:
 
 def entry_from_row(r: Row) -> audit.AuditEntry:
     return audit.AuditEntry(
-        seq=int(r["seq"]), at=r["at"], actor=r["actor"], role=r["role"], action=r["action"],
-        outcome=r["outcome"], target=r["target"], purpose=r["purpose"], client=r["client"],
-        detail=r["detail"], prev_hash=bytes(r["prev_hash"]), hash=bytes(r["hash"]),
+        seq=int(r["seq"]),
+        at=r["at"],
+        actor=r["actor"],
+        role=r["role"],
+        action=r["action"],
+        outcome=r["outcome"],
+        target=r["target"],
+        purpose=r["purpose"],
+        client=r["client"],
+        detail=r["detail"],
+        prev_hash=bytes(r["prev_hash"]),
+        hash=bytes(r["hash"]),
     )
 
 

@@ -35,7 +35,7 @@ CREATE TABLE subjects (
     retention_event  date,                   -- end of employment / contract / last payment
     kek_version      integer NOT NULL REFERENCES keyring (version),
     wrapped_key      bytea NOT NULL,         -- the subject's data key, wrapped by the KEK
-    number_ct        bytea NOT NULL,         -- AES-256-GCM, bound to (id, 'number', kek_version)
+    number_ct        bytea NOT NULL,         -- AES-256-GCM, bound to (id, 'number'); the data key is bound to kek_version
     number_bidx      bytea NOT NULL,         -- keyed blind index for exact lookup
     created_at       timestamptz NOT NULL DEFAULT now(),
     created_by       text NOT NULL,

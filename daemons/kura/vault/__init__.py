@@ -1,0 +1,1 @@
+"""kura-vault: the only process that sees plaintext numbers; keys, seal, storage and audit."""
