@@ -100,7 +100,7 @@ KIND_WORDS = {
     "payee": ("支払先", "個人支払先", "payee"),
 }
 # Every character here survives cp932 and is already NFC.
-NAME_LETTERS = "山田太郎花子佐藤鈴木高橋渡辺伊藤髙ー・々ABCxyzé'\",-"
+NAME_LETTERS = "山田太郎花子佐藤鈴木高橋渡辺伊藤髙ー・々ABCxyz'\",-"
 KANA_LETTERS = "アイウエオカガキギクグッャュョヴー・"
 
 codes = st.from_regex(re.compile(r"[A-Za-z0-9_-]{1,32}"), fullmatch=True)

@@ -309,7 +309,7 @@ def make_handler(route: Route) -> Callable[[web.Request], Any]:
                     "X-Kura-SHA256": result["sha256"],
                 },
             )
-        status = 201 if route.method == "POST" and result.get("created") else 200
+        status = 201 if route.method == "POST" and result.get("created") is True else 200
         return web.json_response(result, status=status, dumps=_dumps)
 
     handler.__name__ = route.op.replace(".", "_")

@@ -1,0 +1,170 @@
+"""What the tests share: a small synchronous HTTPS client for the JSON API
+(stdlib only, verifying the appliance's own certificate), generated My
+Numbers with valid check digits, and signing in the way a user does."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import pyotp
+
+from kura.core.numbers import corporate_check_digit, my_number_check_digit
+
+
+def my_number(rng: random.Random) -> str:
+    """A random My Number with a valid check digit (never a real person's:
+    the tests only need the arithmetic to hold)."""
+    while True:
+        first = "".join(rng.choice("0123456789") for _ in range(11))
+        number = first + str(my_number_check_digit(first))
+        if number != "0" * 12:
+            return number
+
+
+def my_numbers(count: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    while len(seen) < count:
+        seen.add(my_number(rng))
+    return sorted(seen, key=lambda _: rng.random())
+
+
+def wrong_check_digit(number: str) -> str:
+    return number[:11] + str((int(number[11]) + 1) % 10)
+
+
+def corporate_number(rng: random.Random) -> str:
+    rest = "".join(rng.choice("0123456789") for _ in range(12))
+    return str(corporate_check_digit(rest)) + rest
+
+
+def hyphenated(number: str) -> str:
+    return f"{number[:4]}-{number[4:8]}-{number[8:]}"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error_code(self) -> str | None:
+        try:
+            return str(self.json["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass
+class Api:
+    base: str  # https://127.0.0.1:PORT
+    cafile: Path
+    token: str | None = None
+    username: str = ""
+    password: str = ""
+    totp_secret: str = ""
+    role: str = ""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        context = ssl.create_default_context(cafile=str(self.cafile))
+        parts = urlsplit(self.base)
+        assert parts.hostname and parts.port
+        return http.client.HTTPSConnection(parts.hostname, parts.port, context=context,
+                                           timeout=120)
+
+    def request(
+        self, method: str, path: str, json_body: Any = None, *, body: bytes | None = None,
+        content_type: str | None = None, query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None, token: str | None = None,
+    ) -> Response:
+        url = "/api/v1" + path + ("?" + urlencode(query) if query else "")
+        send_headers = dict(self.extra_headers)
+        if json_body is not None:
+            body = json.dumps(json_body, ensure_ascii=False).encode()
+            content_type = content_type or "application/json"
+        if content_type:
+            send_headers["Content-Type"] = content_type
+        bearer = token if token is not None else self.token
+        if bearer:
+            send_headers["Authorization"] = f"Bearer {bearer}"
+        send_headers.update(headers or {})
+        conn = self._connection()
+        try:
+            conn.request(method, url, body=body, headers=send_headers)
+            raw = conn.getresponse()
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json_body: Any = None, **kw: Any) -> Response:
+        return self.request("POST", path, json_body, **kw)
+
+    def put(self, path: str, json_body: Any = None, **kw: Any) -> Response:
+        return self.request("PUT", path, json_body, **kw)
+
+    def patch(self, path: str, json_body: Any = None, **kw: Any) -> Response:
+        return self.request("PATCH", path, json_body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Response:
+        return self.request("DELETE", path, **kw)
+
+    def anonymous(self) -> Api:
+        return Api(self.base, self.cafile)
+
+    def totp_code(self) -> str:
+        return pyotp.TOTP(self.totp_secret).now()
+
+    def sign_in(self, username: str, password: str, totp_secret: str = "") -> Api:
+        """A new client signed in as ``username``; raises if sign-in fails."""
+        body: dict[str, Any] = {"username": username, "password": password}
+        if totp_secret:
+            body["totp"] = pyotp.TOTP(totp_secret).now()
+        r = self.anonymous().post("/session", body)
+        assert r.status == 200, (r.status, r.body[:300])
+        return Api(self.base, self.cafile, r.json["token"], username, password, totp_secret,
+                   r.json["role"])
+
+
+NEW_PASSWORD_SUFFIX = "-Kura!2026"
+
+
+def activate(api: Api, first_password: str) -> Api:
+    """Do what a new user does at first sign-in: change the one-time password,
+    then enrol TOTP if the policy asks for it. Returns a fully usable client."""
+    new_password = "Changed-" + first_password[:10] + NEW_PASSWORD_SUFFIX
+    r = api.post("/session/password", {"current_password": first_password,
+                                        "new_password": new_password})
+    assert r.status == 200, (r.status, r.body[:300])
+    api.password = new_password
+    if r.json["mfa_setup_required"]:
+        begin = api.post("/session/totp")
+        assert begin.status == 200, begin.body
+        api.totp_secret = begin.json["secret"]
+        confirm = api.post("/session/totp/confirm", {"code": api.totp_code()})
+        assert confirm.status == 200, confirm.body
+        assert not confirm.json["mfa_setup_required"]
+    return api
+
+
+def provision(admin: Api, username: str, role: str) -> Api:
+    """Create an account as a DA and bring it to a usable session."""
+    r = admin.post("/users", {"username": username, "role": role})
+    assert r.status == 200, (r.status, r.body[:300])
+    fresh = admin.sign_in(username, r.json["password"])
+    return activate(fresh, r.json["password"])
