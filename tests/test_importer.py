@@ -567,16 +567,16 @@ def test_a_hundred_thousand_rows_parse_in_seconds() -> None:
 
 
 def test_json_rows_are_checked_like_single_registrations() -> None:
-    result = parse_rows(
-        [
-            {"kind": "employee", "code": "E1", "name": "A", "number": N1},
-            {"kind": "employee", "code": "E2", "name": "B", "number": wrong_check_digit(N2)},
-            {"kind": "payee", "code": "P1", "name": "C", "number": N1},
-            "not an object",
-            {"kind": "payee", "code": "P2", "name": "D", "number": N3, "extra": 1},
-            {"kind": "payee", "code": "P3", "name": "E", "number": int(N2)},
-        ]
-    )
+    # A JSON body holds whatever the client sent, not only objects.
+    body: list[Any] = [
+        {"kind": "employee", "code": "E1", "name": "A", "number": N1},
+        {"kind": "employee", "code": "E2", "name": "B", "number": wrong_check_digit(N2)},
+        {"kind": "payee", "code": "P1", "name": "C", "number": N1},
+        "not an object",
+        {"kind": "payee", "code": "P2", "name": "D", "number": N3, "extra": 1},
+        {"kind": "payee", "code": "P3", "name": "E", "number": int(N2)},
+    ]
+    result = parse_rows(body)
     assert [r.line for r in result.records] == [1]
     assert [(r.line, r.code) for r in result.rejections] == [
         (2, "check_digit"),

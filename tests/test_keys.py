@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kura.core.errors import DecryptionFailed
@@ -14,10 +16,13 @@ from kura.core.keys import (
     new_root_key,
     root_check_value,
 )
+from tests.support import my_number
 
 ALICE = "0b7f1f8e-6d2a-4c8e-9a51-3f0d2b6c9e11"
 BOB = "5c1d7a20-2f4b-4b1e-8d6a-9e2f3c4b5a60"
-NUMBER = b"123456789018"
+_RNG = random.Random(18)
+NUMBER_TEXT, OTHER_NUMBER_TEXT = my_number(_RNG), my_number(_RNG)
+NUMBER = NUMBER_TEXT.encode()
 
 
 @pytest.fixture
@@ -73,7 +78,7 @@ def test_ciphertext_moved_to_another_field_fails(hierarchy: KeyHierarchy) -> Non
     ciphertext = key.encrypt("number", NUMBER)
     with pytest.raises(DecryptionFailed) as caught:
         key.decrypt("totp_secret", ciphertext)
-    assert "123456789018" not in str(caught.value)
+    assert NUMBER_TEXT not in str(caught.value)
     assert caught.value.code == "decryption_failed" and caught.value.status == 500
 
 
@@ -175,18 +180,18 @@ def test_empty_keyring_then_first_version(root: bytes) -> None:
 def test_blind_index_stable_and_separated(
     root: bytes, keyring: dict[int, bytes], hierarchy: KeyHierarchy
 ) -> None:
-    index = hierarchy.blind_index("my_number", "123456789018")
+    index = hierarchy.blind_index("my_number", NUMBER_TEXT)
     assert len(index) == 32
     # Stable across unlocks and across rotation.
     again = KeyHierarchy.unlock(root, keyring, 1)
     again.rotate()
-    assert again.blind_index("my_number", "123456789018") == index
+    assert again.blind_index("my_number", NUMBER_TEXT) == index
     # Different numbers, kinds and root keys give different indexes.
-    assert hierarchy.blind_index("my_number", "123456789026") != index
-    assert hierarchy.blind_index("corporate", "123456789018") != index
+    assert hierarchy.blind_index("my_number", OTHER_NUMBER_TEXT) != index
+    assert hierarchy.blind_index("corporate", NUMBER_TEXT) != index
     other_root = new_root_key()
     other = KeyHierarchy.unlock(other_root, dict([bootstrap_keyring(other_root)]), 1)
-    assert other.blind_index("my_number", "123456789018") != index
+    assert other.blind_index("my_number", NUMBER_TEXT) != index
 
 
 def test_audit_signing_key_is_deterministic_from_root(

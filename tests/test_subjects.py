@@ -22,6 +22,7 @@ from kura.core.subjects import (
     RETENTION_BASES,
     SUBJECT_SCHEMA,
     SubjectInput,
+    clean_text_field,
     make_subject,
     parse_birth_date,
     subject_from_json,
@@ -396,3 +397,14 @@ def test_schema_refuses_extra_properties_and_numbers_as_integers() -> None:
 def test_make_subject_refuses_an_impossible_birth_year() -> None:
     with pytest.raises(BadRequest):
         make_subject(kind="payee", code="P1", name="A", number=NUMBER, birth_date=date(1800, 1, 1))
+
+
+def test_corrections_are_cleaned_like_registrations() -> None:
+    assert clean_text_field("name", " 山田　花子 ") == "山田　花子"
+    assert clean_text_field("name_kana", "ﾔﾏﾀﾞ") == "ヤマダ"
+    with pytest.raises(BadRequest) as caught:
+        clean_text_field("name_kana", "Yamada")
+    assert caught.value.detail == {"field": "name_kana", "reason": "not_katakana"}
+    with pytest.raises(BadRequest) as caught:
+        clean_text_field("name", 3)
+    assert caught.value.detail == {"field": "name", "reason": "wrong_type"}

@@ -83,14 +83,16 @@ _HEX_TOKEN = re.compile(
 
 def _set_aside_hex(match: re.Match[str]) -> str:
     token = match.group(0)
-    # A token of digits only is no digest; keep it for the number check.
-    return token if token.replace("-", "").isdigit() else " "
+    # A UUID is always set aside (no one types a number in that shape), but a
+    # long run of digits alone is no digest: keep it for the number check.
+    return token if "-" not in token and token.isdigit() else " "
 
 
 def looks_like_my_number(text: str) -> bool:
     """True if ``text`` holds a run of 12 digits, or 4-4-4 digits separated by
-    hyphens or spaces (ASCII or full-width). Whole UUIDs and hex digests with
-    at least one letter are not counted (see ``_HEX_TOKEN``)."""
+    hyphens or spaces (ASCII or full-width). Whole UUIDs, and hex digests of
+    32 or more characters with at least one letter, are not counted (see
+    ``_HEX_TOKEN``)."""
     return _NUMBER_LIKE.search(_HEX_TOKEN.sub(_set_aside_hex, text)) is not None
 
 
@@ -432,7 +434,7 @@ class VerifyReport:
     ``problem`` is a stable code ("ok", "entry_altered", "entry_missing",
     "out_of_order", "duplicate", "chain_broken", "bad_signature",
     "untrusted_key", "checkpoint_mismatch", "truncated", "unexpected_entries",
-    "malformed", "unreadable"); ``first_bad_seq`` names the first entry that is
+    "malformed", "unreadable", "bad_trusted_key"); ``first_bad_seq`` names the first entry that is
     wrong or missing, when the fault is in an entry; ``bad_line`` the line of
     the bundle file, when the fault is in its form."""
 
@@ -594,8 +596,7 @@ def _checkpoint_problem(
         return _Problem(
             "bad_signature",
             f"記録 {cp.seq} の{what_ja}の署名が正しくありません（偽造または改ざん）。",
-            f"The {what_en} at entry {cp.seq} has an invalid signature: "
-            "it was forged or altered.",
+            f"The {what_en} at entry {cp.seq} has an invalid signature: it was forged or altered.",
             seq=cp.seq,
         )
     if trusted is not None and cp.public_key != trusted:
@@ -641,8 +642,6 @@ class _Verifier:
     """Streams entries, then judges the checkpoints and the export checkpoint."""
 
     def __init__(self, trusted_public_key: bytes | None) -> None:
-        if trusted_public_key is not None and len(trusted_public_key) != 32:
-            raise ValueError("a trusted Ed25519 public key is 32 raw bytes")
         self.trusted = trusted_public_key
         self.walk = _ChainWalk()
         self.checkpoints: list[Checkpoint] = []
@@ -725,6 +724,22 @@ def _report(
     )
 
 
+def _bad_trusted_key(trusted_public_key: bytes | None) -> VerifyReport | None:
+    if trusted_public_key is None or len(trusted_public_key) == 32:
+        return None
+    return _report(
+        _Problem(
+            "bad_trusted_key",
+            "信頼する公開鍵が正しくありません（Ed25519 の公開鍵は 32 バイト、16進で64文字です）。",
+            "The trusted public key is not valid: an Ed25519 public key is 32 bytes "
+            "(64 hex digits).",
+        ),
+        entries=0,
+        checkpoints=0,
+        fingerprints=[],
+    )
+
+
 def verify_chain(
     entries: Iterable[AuditEntry],
     checkpoints: Iterable[Checkpoint],
@@ -735,6 +750,8 @@ def verify_chain(
     """Check the chain from entry 1, every checkpoint, and the export
     checkpoint ``final`` (which must cover the last entry). If
     ``trusted_public_key`` (32 raw bytes) is given, any other signer fails."""
+    if bad := _bad_trusted_key(trusted_public_key):
+        return bad
     verifier = _Verifier(trusted_public_key)
     for entry in entries:
         verifier.walk.feed(entry)
@@ -872,17 +889,34 @@ class _Malformed(Exception):
 
 def _malformed(line: int, ja: str, en: str, code: str = "malformed") -> _Malformed:
     return _Malformed(
-        _Problem(code, f"バンドルの {line} 行目が不正です: {ja}", f"Line {line} of the bundle "
-                 f"is malformed: {en}", line=line)
+        _Problem(
+            code,
+            f"バンドルの {line} 行目が不正です: {ja}",
+            f"Line {line} of the bundle is malformed: {en}",
+            line=line,
+        )
     )
 
 
-_HEADER_KEYS = frozenset({"format", "version", "appliance", "exported_at", "public_keys"})
+_HEADER_KEYS = frozenset(["format", "version", "appliance", "exported_at", "public_keys"])
 _ENTRY_KEYS = frozenset(
-    {"type", "seq", "at", "actor", "role", "action", "outcome", "target", "purpose", "client",
-     "detail", "prev_hash", "hash"}
+    [
+        "type",
+        "seq",
+        "at",
+        "actor",
+        "role",
+        "action",
+        "outcome",
+        "target",
+        "purpose",
+        "client",
+        "detail",
+        "prev_hash",
+        "hash",
+    ]
 )
-_CHECKPOINT_KEYS = frozenset({"type", "seq", "hash", "at", "signature", "public_key"})
+_CHECKPOINT_KEYS = frozenset(["type", "seq", "hash", "at", "signature", "public_key"])
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _HEX64 = re.compile(r"[0-9a-f]{128}")
 
@@ -962,8 +996,9 @@ def _parse_line(number: int, raw: bytes) -> _Line:
 
 def _parse_header(line: _Line) -> tuple[str, datetime, tuple[bytes, ...]]:
     if line.obj.get("format") != BUNDLE_FORMAT:
-        raise line.bad("Kura 監査バンドルのヘッダーではありません", "it is not a Kura audit "
-                       "bundle header")
+        raise line.bad(
+            "Kura 監査バンドルのヘッダーではありません", "it is not a Kura audit bundle header"
+        )
     version = line.obj.get("version")
     if version != BUNDLE_VERSION or isinstance(version, bool):
         raise line.bad("対応していない版です", f"bundle version {version!r} is not supported")
@@ -1116,6 +1151,8 @@ def verify_bundle(source: Path | bytes, trusted_public_key: bytes | None = None)
     """Verify a bundle offline: its form, the chain, every checkpoint and the
     export checkpoint. Never raises for a bad or unreadable bundle; the report
     says what is wrong. Memory use is 32 bytes per entry."""
+    if bad := _bad_trusted_key(trusted_public_key):
+        return bad
     verifier = _Verifier(trusted_public_key)
     parsed = _Parsed()
     try:

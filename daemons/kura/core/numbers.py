@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from kura.core.errors import InvalidNumber
 
 _SEPARATORS = frozenset(" \u3000-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\uff0d\u30fc")
-_FULLWIDTH = {ord("０") + i: ord("0") + i for i in range(10)}
+# One translation table: full-width digits to ASCII, separators deleted.
+_TABLE: dict[int, int | None] = {ord("０") + i: ord("0") + i for i in range(10)}
+_TABLE.update({ord(ch): None for ch in _SEPARATORS})
 _MY_NUMBER_WEIGHTS = (6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 
 
@@ -40,8 +42,7 @@ CHECK_DIGIT = Reason(
 def normalise(text: str) -> str:
     """Full-width digits to ASCII; hyphens and spaces removed. Other characters are kept
     so that validation can refuse them."""
-    converted = text.strip().translate(_FULLWIDTH)
-    return "".join(ch for ch in converted if ch not in _SEPARATORS)
+    return text.translate(_TABLE).strip()
 
 
 def my_number_check_digit(first11: str) -> int:

@@ -341,6 +341,17 @@ def make_subject(
     )
 
 
+def clean_text_field(field: str, value: object) -> str:
+    """A corrected ``name`` or ``name_kana``, checked and normalised as on registration."""
+    if not isinstance(value, str):
+        raise _type_error(field, "文字列", "a string")
+    if field == "name":
+        return _check_name(value)
+    if field == "name_kana":
+        return _check_kana(value)
+    raise ValueError(f"not a text field: {field}")  # a programming error, not user input
+
+
 def _type_error(field: str, expected_ja: str, expected_en: str) -> BadRequest:
     return field_error(
         field, "wrong_type", f"{expected_ja}で指定してください。", f"must be {expected_en}."

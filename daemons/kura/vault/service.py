@@ -766,26 +766,6 @@ class Vault:
         keys = self._keys()
         bidx = keys.blind_index("my_number", subject.number)
         async with self.store.transaction() as tx:
-            same_number = await tx.subject_by_bidx(bidx)
-            same_code = await tx.subject_by_code(subject.kind, subject.code)
-            if same_number is not None:
-                if same_code is not None and same_code["id"] == same_number["id"]:
-                    return {"subject": self._summary(same_number), "created": False}
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action="subject.register",
-                    outcome="denied",
-                    client=caller.client,
-                    detail={"reason": "duplicate_number"},
-                )
-                raise DuplicateNumber()
-            if same_code is not None:
-                raise Conflict(
-                    "that code is already used for another number",
-                    "そのコードは別の番号で登録済みです。",
-                    field="code",
-                )
             employee_id = None
             if subject.kind == "dependent":
                 employee = await tx.subject_by_code("employee", subject.employee_code)
@@ -796,6 +776,26 @@ class Vault:
                         field="employee_code",
                     )
                 employee_id = employee["id"]
+            same_number = await tx.subject_by_bidx(bidx)
+            same_code = (
+                None
+                if subject.kind == "dependent"
+                else await tx.subject_by_code(subject.kind, subject.code)
+            )
+            try:
+                if _already_registered(subject, employee_id, same_number, same_code):
+                    assert same_number is not None
+                    return {"subject": self._summary(same_number), "created": False}
+            except DuplicateNumber:
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.register",
+                    outcome="denied",
+                    client=caller.client,
+                    detail={"reason": "duplicate_number"},
+                )
+                raise
             values = self._sealed_row(subject, employee_id, caller.actor)
             await tx.insert_subject(values)
             await tx.append_audit(
@@ -993,25 +993,6 @@ class Vault:
             rows = []
             for record, bidx in zip(batch, bidxs, strict=True):
                 s = record.subject
-                same_number, same_code = by_bidx.get(bidx), by_code.get((s.kind, s.code))
-                if same_number is not None:
-                    if same_code is not None and same_code["id"] == same_number["id"]:
-                        existing += 1
-                    else:
-                        rejections.append(_reject(record.line, "number", DuplicateNumber()))
-                    continue
-                if same_code is not None:
-                    rejections.append(
-                        _reject(
-                            record.line,
-                            "code",
-                            Conflict(
-                                "that code is already used for another number",
-                                "そのコードは別の番号で登録済みです。",
-                            ),
-                        )
-                    )
-                    continue
                 employee_id = None
                 if s.kind == "dependent":
                     employee_id = employees.get(s.employee_code)
@@ -1026,6 +1007,15 @@ class Vault:
                             )
                         )
                         continue
+                same_code = None if s.kind == "dependent" else by_code.get((s.kind, s.code))
+                try:
+                    if _already_registered(s, employee_id, by_bidx.get(bidx), same_code):
+                        existing += 1
+                        continue
+                except KuraError as exc:
+                    field = "number" if isinstance(exc, DuplicateNumber) else "code"
+                    rejections.append(_reject(record.line, field, exc))
+                    continue
                 values = self._sealed_row(s, employee_id, caller.actor)
                 if s.kind == "employee":
                     employees[s.code] = uuid.UUID(values["id"])
@@ -1213,6 +1203,33 @@ _COPY = (
     "number_bidx",
     "created_by",
 )
+
+
+def _already_registered(
+    subject: subjects.SubjectInput,
+    employee_id: Any,
+    same_number: Mapping[str, Any] | None,
+    same_code: Mapping[str, Any] | None,
+) -> bool:
+    """True if this very person is registered already (registering again is
+    harmless, so imports can be re-run); DuplicateNumber if the number belongs
+    to someone else; Conflict if the code is taken by another number."""
+    if same_number is not None:
+        same = (
+            same_number["kind"] == subject.kind
+            and same_number["code"] == subject.code
+            and (subject.kind != "dependent" or same_number["employee_id"] == employee_id)
+        )
+        if same:
+            return True
+        raise DuplicateNumber()
+    if same_code is not None:
+        raise Conflict(
+            "that code is already used for another number",
+            "そのコードは別の番号で登録済みです。",
+            field="code",
+        )
+    return False
 
 
 def _own_uid() -> int:

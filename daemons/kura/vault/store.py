@@ -313,13 +313,16 @@ class Tx:
         )
 
     async def subject_by_code(self, kind: str, code: str) -> Row | None:
+        """The employee or payee with ``code`` (dependents' codes are not unique: the first)."""
         return await self.one(
-            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE kind = %s AND code = %s", (kind, code)
+            f"SELECT {SUBJECT_COLUMNS} FROM subjects WHERE kind = %s AND code = %s"
+            " ORDER BY created_at LIMIT 1",
+            (kind, code),
         )
 
     async def subjects_matching(self, bidxs: Sequence[bytes], codes: Sequence[str]) -> list[Row]:
         return await self.all(
-            "SELECT id, kind, code, number_bidx FROM subjects"
+            "SELECT id, kind, code, employee_id, number_bidx FROM subjects"
             " WHERE number_bidx = ANY(%s) OR code = ANY(%s)",
             (list(bidxs), list(codes)),
         )

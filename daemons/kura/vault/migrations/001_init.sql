@@ -40,10 +40,13 @@ CREATE TABLE subjects (
     created_at       timestamptz NOT NULL DEFAULT now(),
     created_by       text NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT subjects_code_unique UNIQUE (kind, code),
     CONSTRAINT subjects_number_unique UNIQUE (number_bidx),
     CONSTRAINT dependents_have_employee CHECK ((kind = 'dependent') = (employee_id IS NOT NULL))
 );
+-- Employee and payee codes are unique; dependents are often keyed by their
+-- employee's code in payroll files, so theirs need not be.
+CREATE UNIQUE INDEX subjects_code_unique ON subjects (kind, code) WHERE kind <> 'dependent';
+CREATE INDEX subjects_code ON subjects (code);
 CREATE INDEX subjects_name ON subjects (name text_pattern_ops);
 CREATE INDEX subjects_name_kana ON subjects (name_kana text_pattern_ops);
 CREATE INDEX subjects_employee ON subjects (employee_id);
