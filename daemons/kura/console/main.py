@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import ssl
 import sys
 
@@ -29,10 +31,20 @@ async def serve(config_path: str | None) -> None:
     await site.start()
     notifier = Notifier()
     notifier.send("READY=1")
+
+    async def healthy() -> bool:
+        # The console is healthy when its event loop runs; the vault may be
+        # sealed or restarting, which the console reports to its users itself.
+        return True
+
+    watchdog = asyncio.create_task(notifier.watchdog(healthy))
     try:
         await wait_for_stop()
     finally:
         notifier.send("STOPPING=1")
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
         await runner.cleanup()
 
 

@@ -53,6 +53,17 @@ class VaultClient:
         except OSError as exc:
             raise Unavailable("the vault is not reachable", "保管庫に接続できません。") from exc
 
+    async def _checkout(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle connection that the vault has not closed (after a vault restart
+        the old ones have seen EOF), or a new one."""
+        while not self._idle.empty():
+            reader, writer = self._idle.get_nowait()
+            if reader.at_eof() or writer.is_closing():
+                writer.close()
+                continue
+            return reader, writer
+        return await self._connect()
+
     async def call(
         self,
         op: str,
@@ -66,7 +77,7 @@ class VaultClient:
         line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         async with self._slots:
             for attempt in range(2):
-                conn = self._idle.get_nowait() if not self._idle.empty() else await self._connect()
+                conn = await self._checkout()
                 reader, writer = conn
                 try:
                     writer.write(line)
