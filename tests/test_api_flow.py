@@ -8,7 +8,7 @@ import hashlib
 import io
 import random
 
-from tests.support import Api, hyphenated, my_number, my_numbers
+from tests.support import Api, hyphenated, my_number, my_numbers, wrong_check_digit
 
 
 def test_openapi_document_lists_every_route(anon: Api) -> None:
@@ -73,7 +73,7 @@ def test_bulk_import_csv_then_export_shift_jis(users: dict[str, Api]) -> None:
     writer.writerow(["支払先コード", "氏名", "フリガナ", "個人番号"])
     for i, n in enumerate(numbers):
         writer.writerow([f"IMP-{i:03d}", f"取引先 {i}", "トリヒキサキ", n])
-    writer.writerow(["IMP-BAD", "誤り 太郎", "", numbers[0][:11] + str((int(numbers[0][11]) + 1) % 10)])
+    writer.writerow(["IMP-BAD", "誤り 太郎", "", wrong_check_digit(numbers[0])])
     r = mu.post("/subjects/import", body=out.getvalue().encode("cp932"), content_type="text/csv")
     assert r.status == 200, r.body
     assert r.json["created"] == 50
@@ -91,3 +91,34 @@ def test_bulk_import_csv_then_export_shift_jis(users: dict[str, Api]) -> None:
     rows = list(csv.reader(io.StringIO(export.body.decode("cp932"))))
     assert rows[0][4] == "個人番号"
     assert sorted(r[4] for r in rows[1:]) == sorted(numbers)
+
+
+def test_employee_with_dependents_and_import_is_repeatable(users: dict[str, Api]) -> None:
+    mu, ma = users["MU"], users["MA"]
+    employee, spouse, child = my_numbers(3, seed=404)
+    rows = [
+        {"kind": "employee", "code": "E-404", "name": "高橋 健", "number": employee},
+        {"kind": "dependent", "code": "E-404", "employee_code": "E-404", "name": "高橋 恵",
+         "number": spouse},
+        {"kind": "dependent", "code": "E-404", "employee_code": "E-404", "name": "高橋 陽",
+         "number": child},
+        {"kind": "dependent", "code": "X-1", "employee_code": "NOBODY", "name": "誰 か",
+         "number": my_number(random.Random(405))},
+    ]
+    first = mu.post("/subjects/import", {"rows": rows})
+    assert first.status == 200, first.body
+    assert (first.json["created"], first.json["existing"]) == (3, 0)
+    assert [(x["line"], x["field"]) for x in first.json["rejected"]] == [(4, "employee_code")]
+    again = mu.post("/subjects/import", {"rows": rows[:3]})
+    assert (again.json["created"], again.json["existing"]) == (0, 3)
+
+    found = ma.post("/subjects/lookup", {"number": child})
+    (kid,) = found.json["subjects"]
+    boss = ma.post("/subjects/lookup", {"number": employee}).json["subjects"][0]
+    assert kid["kind"] == "dependent" and kid["employee_id"] == boss["id"]
+    # The MA corrects the child's name; MAs do not reveal numbers.
+    fixed = ma.patch(f"/subjects/{kid['id']}", {"name": "高橋 陽太"})
+    assert fixed.status == 200 and fixed.json["subject"]["name"] == "高橋 陽太"
+    assert ma.post(f"/subjects/{kid['id']}/reveal", {"purpose": "dependents"}).status == 403
+    shown = mu.post(f"/subjects/{kid['id']}/reveal", {"purpose": "dependents"})
+    assert shown.json["number"] == child
