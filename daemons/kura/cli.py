@@ -15,8 +15,10 @@ import asyncio
 import base64
 import getpass
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from kura.core import numbers
 from kura.core.errors import KuraError
@@ -147,8 +149,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return devserver.main(state, port, seal, os.environ.get("KURA_DA_PASSWORD"))
 
 
+# Four or more digits, possibly split by hyphens or spaces of either width.
+_DIGIT_RUN = re.compile(r"\d(?:[ \u3000\-\u2010-\u2015\u2212\uff0d\u30fc]*\d){3,}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes the arguments it refuses; a number typed on the command
+    line by mistake must not be printed back (the terminal may be logged)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_DIGIT_RUN.sub("****", message))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kura", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)

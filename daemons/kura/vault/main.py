@@ -20,9 +20,8 @@ log = logging.getLogger("kura.vault")
 
 async def checkpoints(vault: Vault) -> None:
     """Sign the audit chain's head regularly (and sooner when it grows fast)."""
-    interval = vault.config.vault.checkpoint_seconds
     while True:
-        await asyncio.sleep(min(interval, 5.0))
+        await asyncio.sleep(min(vault.config.vault.checkpoint_seconds, 5.0))
         try:
             await vault.checkpoint()
         except Exception:
@@ -68,7 +67,7 @@ async def serve(config_path: str | None) -> None:
                 await t
         await server.close()
         with contextlib.suppress(Exception):
-            await vault.checkpoint()
+            await vault.checkpoint(force=True)
         await store.close()
 
 

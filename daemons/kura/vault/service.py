@@ -128,7 +128,6 @@ class Vault:
         self.collector: sealing.ShareCollector | None = None
         self.policy = accounts.SecurityPolicy()
         self.sessions: dict[bytes, Session] = {}
-        self.entries_since_checkpoint = 0
         self._unseal_lock = asyncio.Lock()
         self.handlers: dict[str, Handler] = {
             "status": self.status,
@@ -1113,18 +1112,32 @@ class Vault:
             )
         return {"entries": [_jsonable(r) for r in rows]}
 
-    async def checkpoint(self) -> audit.Checkpoint | None:
-        """Sign the head of the chain if it moved since the last checkpoint."""
+    async def checkpoint(self, force: bool = False) -> audit.Checkpoint | None:
+        """Sign the head of the chain when it has moved and either enough entries
+        (``checkpoint_entries``) or enough time (``checkpoint_seconds``) passed
+        since the last checkpoint, or when ``force`` is set (at shutdown)."""
         keys = self.keys
         if keys is None:
             return None
+        now = self.clock()
         async with self.store.transaction() as tx:
             head = await tx.audit_head()
-            if head is None or int(head["seq"]) <= await tx.last_checkpoint_seq():
+            last = await tx.last_checkpoint()
+            if head is None:
                 return None
-            cp = audit.sign_checkpoint(
-                keys.audit_signing_key, int(head["seq"]), bytes(head["hash"]), self.clock()
+            seq = int(head["seq"])
+            last_seq = int(last["seq"]) if last else 0
+            if seq <= last_seq:
+                return None
+            due = (
+                force
+                or last is None
+                or seq - last_seq >= self.config.vault.checkpoint_entries
+                or (now - last["at"]).total_seconds() >= self.config.vault.checkpoint_seconds
             )
+            if not due:
+                return None
+            cp = audit.sign_checkpoint(keys.audit_signing_key, seq, bytes(head["hash"]), now)
             await tx.insert_checkpoint(cp)
         return cp
 

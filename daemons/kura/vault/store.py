@@ -157,9 +157,8 @@ class Tx:
     async def audit_head(self) -> Row | None:
         return await self.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
 
-    async def last_checkpoint_seq(self) -> int:
-        row = await self.one("SELECT coalesce(max(seq), 0) AS seq FROM audit_checkpoints")
-        return int(row["seq"]) if row else 0
+    async def last_checkpoint(self) -> Row | None:
+        return await self.one("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
 
     async def insert_checkpoint(self, cp: audit.Checkpoint) -> None:
         await self.run(
