@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import re
+import shutil
 import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from kura.devserver import LocalAppliance
+from kura.pgcluster import bindir
+from kura.proc import run
 from tests.conftest import new_appliance
 from tests.support import Api, activate, hyphenated, my_numbers, provision, wrong_check_digit
 
@@ -40,43 +44,79 @@ def full_width(number: str) -> str:
 
 def spelled(number: str, i: int) -> str:
     """The number the way a clerk or a payroll program might send it."""
-    return (number, hyphenated(number), full_width(number), " ".join(hyphenated(number).split("-")))[
-        i % 4
-    ]
+    dashed = hyphenated(number)
+    return (number, dashed, full_width(number), dashed.replace("-", " "))[i % 4]
 
 
 # --- the scanner ---------------------------------------------------------------------
 
-# Each spelling: a pattern that finds runs of digits written that way (runs of 12
-# or more, so that a number inside a longer run is found too) and how to turn a
-# run back into ASCII digits. Every 12-digit window of a run is checked.
+# Every byte is first mapped to a class (``CLASSES``), so that each spelling of
+# "12 digits" becomes one fixed needle that bytes.find locates at memchr speed;
+# only there does a regular expression read the run, turn it back into ASCII
+# digits and check every 12-digit window of it (a number inside a longer run of
+# digits is found too) against the set of numbers.
+_CLASS_OF = {
+    **{d: b"d" for d in range(0x30, 0x3A)},  # ASCII digits
+    0x00: b"z",
+    0xEF: b"e", 0xBC: b"b", **{d: b"f" for d in range(0x90, 0x9A)},  # full-width, UTF-8
+    0x82: b"k", **{d: b"s" for d in range(0x4F, 0x59)},  # full-width, Shift_JIS
+    0xFF: b"y", **{d: b"t" for d in range(0x10, 0x1A)},  # full-width, UTF-16-LE
+    0x2D: b"h", 0x20: b"h",  # the separators of 4-4-4
+}
+CLASSES = bytes(_CLASS_OF.get(b, b".")[0] for b in range(256))
+
 _Decode = Callable[[bytes], str]
-SPELLINGS: dict[str, tuple[re.Pattern[bytes], _Decode]] = {
-    "ascii": (re.compile(rb"[0-9]{12,}"), lambda b: b.decode("ascii")),
-    "utf-16-le": (re.compile(rb"(?:[0-9]\x00){12,}"), lambda b: b.decode("utf-16-le")),
-    "utf-16-be": (re.compile(rb"(?:\x00[0-9]){12,}"), lambda b: b.decode("utf-16-be")),
-    "full-width utf-8": (
+
+
+@dataclass(frozen=True)
+class Spelling:
+    needle: bytes  # 12 digits written this way, in byte classes
+    pattern: re.Pattern[bytes]  # the run of digits starting there
+    decode: _Decode  # the run as ASCII digits (separators dropped)
+    overlapping: bool = False
+
+
+SPELLINGS: dict[str, Spelling] = {
+    "ascii": Spelling(b"d" * 12, re.compile(rb"[0-9]{12,}"), lambda b: b.decode("ascii")),
+    "utf-16-le": Spelling(
+        b"dz" * 12, re.compile(rb"(?:[0-9]\x00){12,}"), lambda b: b.decode("utf-16-le")
+    ),
+    "utf-16-be": Spelling(
+        b"zd" * 12, re.compile(rb"(?:\x00[0-9]){12,}"), lambda b: b.decode("utf-16-be")
+    ),
+    "full-width utf-8": Spelling(
+        b"ebf" * 12,
         re.compile(rb"(?:\xef\xbc[\x90-\x99]){12,}"),
         lambda b: b.decode("utf-8").translate(TO_ASCII),
     ),
-    "full-width shift_jis": (
+    "full-width shift_jis": Spelling(
+        b"ks" * 12,
         re.compile(rb"(?:\x82[\x4f-\x58]){12,}"),
         lambda b: b.decode("cp932").translate(TO_ASCII),
     ),
-    "full-width utf-16-le": (
+    "full-width utf-16-le": Spelling(
+        b"ty" * 12,
         re.compile(rb"(?:[\x10-\x19]\xff){12,}"),
         lambda b: b.decode("utf-16-le").translate(TO_ASCII),
     ),
-}
-# 4-4-4 with a hyphen or a space; the look-ahead finds overlapping candidates.
-SEPARATED: dict[str, tuple[re.Pattern[bytes], _Decode]] = {
-    "4-4-4 ascii": (
-        re.compile(rb"(?=([0-9]{4}[- ][0-9]{4}[- ][0-9]{4}))"),
+    # 4-4-4 with a hyphen or a space
+    "4-4-4 ascii": Spelling(
+        b"dddd" + b"h" + b"dddd" + b"h" + b"dddd",
+        re.compile(rb"[0-9]{4}[- ][0-9]{4}[- ][0-9]{4}"),
         lambda b: re.sub(rb"[- ]", b"", b).decode("ascii"),
+        overlapping=True,
     ),
-    "4-4-4 utf-16-le": (
-        re.compile(rb"(?=((?:[0-9]\x00){4}[- ]\x00(?:[0-9]\x00){4}[- ]\x00(?:[0-9]\x00){4}))"),
+    "4-4-4 utf-16-le": Spelling(
+        b"dz" * 4 + b"hz" + b"dz" * 4 + b"hz" + b"dz" * 4,
+        re.compile(rb"(?:[0-9]\x00){4}[- ]\x00(?:[0-9]\x00){4}[- ]\x00(?:[0-9]\x00){4}"),
         lambda b: re.sub("[- ]", "", b.decode("utf-16-le")),
+        overlapping=True,
+    ),
+    # JSON written with ensure_ascii: no class needle, the literal prefix is rare enough
+    "full-width json escapes": Spelling(
+        b"",
+        re.compile(rb"(?:\\u[fF][fF]1[0-9]){12,}"),
+        lambda b: json.loads(b'"' + b + b'"').translate(TO_ASCII),
     ),
 }
 
@@ -109,19 +149,28 @@ class Scan:
         return out
 
 
+def _check_run(run: str, wanted: set[str], where: Hit, scan: Scan) -> None:
+    for i in range(len(run) - 11):
+        if run[i : i + 12] in wanted:
+            scan.hits.append(replace(where, number=run[i : i + 12]))
+
+
 def scan_bytes(data: bytes, wanted: set[str], where: str, scan: Scan) -> None:
     scan.bytes += len(data)
-    for name, (pattern, decode) in SPELLINGS.items():
-        for match in pattern.finditer(data):
-            run = decode(match.group())
-            for i in range(len(run) - 11):
-                if run[i : i + 12] in wanted:
-                    scan.hits.append(Hit(where, match.start(), name, run[i : i + 12]))
-    for name, (pattern, decode) in SEPARATED.items():
-        for match in pattern.finditer(data):
-            digits = decode(match.group(1))
-            if digits in wanted:
-                scan.hits.append(Hit(where, match.start(), name, digits))
+    classes = data.translate(CLASSES)
+    for name, spelling in SPELLINGS.items():
+        if not spelling.needle:
+            for match in spelling.pattern.finditer(data):
+                run = spelling.decode(match.group())
+                _check_run(run, wanted, Hit(where, match.start(), name, ""), scan)
+            continue
+        at = classes.find(spelling.needle)
+        while at >= 0:
+            match = spelling.pattern.match(data, at)
+            assert match, (name, where, at)
+            run = spelling.decode(match.group())
+            _check_run(run, wanted, Hit(where, at, name, ""), scan)
+            at = classes.find(spelling.needle, at + 1 if spelling.overlapping else match.end())
 
 
 def regular_files(roots: Iterable[Path]) -> Iterator[Path]:
@@ -153,14 +202,17 @@ def scan_files(roots: Iterable[Path], wanted: set[str]) -> Scan:
 
 @dataclass
 class StolenDisk:
-    numbers: list[str]  # every number registered
-    payee_numbers: set[str]  # those allowed for payment_record: what the export holds
-    typed: set[str]  # 12 digits typed but refused (wrong check digit)
-    export: bytes
-    audit_bundle: Path
-    state: Path
-    datadir: Path
-    cluster_base: Path
+    # repr=False: a failing test prints its fixtures, and these hold numbers
+    numbers: list[str] = field(repr=False)  # every number registered
+    payee_numbers: set[str] = field(repr=False)  # allowed for payment_record: the export's
+    typed: set[str] = field(repr=False)  # 12 digits typed but refused (wrong check digit)
+    control: str = field(repr=False)  # planted in plain text by the test (the witness)
+    export: bytes = field(repr=False)
+    dump: bytes = field(repr=False)  # pg_dump of the kura database, taken before the stop
+    audit_bundle: Path = Path()
+    state: Path = Path()
+    datadir: Path = Path()
+    cluster_base: Path = Path()
 
 
 def _sign_in_everyone(appliance: LocalAppliance) -> tuple[Api, Api]:
@@ -267,23 +319,53 @@ def _use_every_way(mu: Api, sa: Api, numbers: list[str], typed: list[str]) -> tu
     return export.body, bundle.body
 
 
+def _plant_control(appliance: LocalAppliance, control: str) -> None:
+    """One number the test itself writes in plain text, in a database of its
+    own in the same cluster: the scan must find it in the heap and in the WAL,
+    which shows that it reads PostgreSQL's files the way they are written."""
+    appliance.cluster.psql("postgres", "CREATE DATABASE scanner_control", dbname="postgres")
+    values = ", ".join(f"'{v}'" for v in (control, hyphenated(control), full_width(control)))
+    insert = f"INSERT INTO planted VALUES ({values})"  # noqa: S608 (generated digits only)
+    appliance.cluster.psql("postgres", "CREATE TABLE planted (plain text, dashed text, wide text);"
+                           + insert, dbname="scanner_control")
+
+
+def _dump(appliance: LocalAppliance) -> bytes:
+    """The kura database as pg_dump writes it. On disk PostgreSQL may compress
+    long values (TOAST), which would hide digits from a byte scan; the dump
+    shows every value as it is."""
+    cluster = appliance.cluster
+    return run(
+        [bindir() / "pg_dump", "-h", cluster.socket_dir, "-p", str(cluster.port), "-U",
+         "postgres", "-d", "kura"],
+        env=dict(os.environ, PGPASSWORD=cluster.password("postgres")),
+    )
+
+
 @pytest.fixture(scope="module")
 def stolen_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StolenDisk]:
     numbers = my_numbers(COUNT, seed=4242)
     typed = [wrong_check_digit(n) for n in my_numbers(2, seed=4343)]
+    control = my_numbers(1, seed=4444)[0]
+    assert control not in numbers
     appliance = new_appliance("theft")
     try:
         appliance.start()
         mu, sa = _sign_in_everyone(appliance)
         export, bundle = _use_every_way(mu, sa, numbers, typed)
+        _plant_control(appliance, control)
+        dump = _dump(appliance)
         appliance.cluster.psql("postgres", "CHECKPOINT", dbname="kura")
     finally:
         appliance.stop()
     downloads = tmp_path_factory.mktemp("downloads")
     (downloads / "kura-audit.jsonl").write_bytes(bundle)
     payees = set(numbers[:2600]) | set(numbers[2700:2900])
-    yield StolenDisk(numbers, payees, set(typed), export, downloads / "kura-audit.jsonl",
-                     appliance.state, appliance.cluster.datadir, appliance.cluster.base)
+    yield StolenDisk(numbers, payees, set(typed), control, export, dump,
+                     downloads / "kura-audit.jsonl", appliance.state, appliance.cluster.datadir,
+                     appliance.cluster.base)
+    shutil.rmtree(appliance.state.parent, ignore_errors=True)
+    shutil.rmtree(appliance.cluster.base, ignore_errors=True)
 
 
 def test_scanner_finds_numbers_written_every_way() -> None:
@@ -300,6 +382,7 @@ def test_scanner_finds_numbers_written_every_way() -> None:
         "full-width utf-8": lambda n: full_width(n).encode("utf-8"),
         "full-width shift_jis": lambda n: full_width(n).encode("cp932"),
         "full-width utf-16-le": lambda n: full_width(n).encode("utf-16-le"),
+        "full-width json escapes": lambda n: json.dumps(full_width(n)).encode(),
     }
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "planted.bin"
@@ -318,18 +401,35 @@ def test_scanner_finds_numbers_written_every_way() -> None:
 
 
 def test_no_number_anywhere_on_the_disk(stolen_disk: StolenDisk) -> None:
-    wanted = set(stolen_disk.numbers) | stolen_disk.typed
-    roots = [stolen_disk.state, stolen_disk.cluster_base, stolen_disk.audit_bundle]
-    scan = scan_files(roots, wanted)
-    wal = sum(1 for p in regular_files([stolen_disk.datadir / "pg_wal"]))
+    disk = stolen_disk
+    wanted = set(disk.numbers) | disk.typed | {disk.control}
+    scan = scan_files([disk.state, disk.cluster_base, disk.audit_bundle], wanted)
+    wal = sum(1 for p in regular_files([disk.datadir / "pg_wal"]))
     print(f"\nscanned {scan.files} files, {scan.bytes:,} bytes ({wal} in pg_wal) "
           f"in {scan.seconds:.1f} s for {len(wanted)} numbers")
-    # what was scanned is what was written: the heap, the WAL, the logs, the keys
+    # What was scanned is what was written: the heap, the WAL, the logs, the keys.
     assert wal >= 1
-    names = {p.name for p in regular_files([stolen_disk.state])}
+    names = {p.name for p in regular_files([disk.state, disk.cluster_base])}
     assert {"vault.log", "console.log", "postgresql.log", "kura.toml"} <= names
     assert scan.bytes > 20_000_000
-    assert not scan.hits, "numbers on disk:\n" + "\n".join(str(h) for h in scan.hits[:20])
+
+    # The witness is found where PostgreSQL keeps rows and where it logs changes...
+    witness = [h for h in scan.hits if h.number == disk.control]
+    where = {(Path(h.path).relative_to(disk.datadir).parts[0], h.spelling) for h in witness}
+    for spelling in ("ascii", "4-4-4 ascii", "full-width utf-8"):
+        assert {("base", spelling), ("pg_wal", spelling)} <= where, spelling
+    # ...and nothing else is found anywhere.
+    leaks = [h for h in scan.hits if h.number != disk.control]
+    assert not leaks, "numbers on disk:\n" + "\n".join(str(h) for h in leaks[:20])
+
+
+def test_no_number_in_any_database_value(stolen_disk: StolenDisk) -> None:
+    """Every value of every table, decompressed, as pg_dump shows it."""
+    scan = Scan()
+    scan_bytes(stolen_disk.dump, set(stolen_disk.numbers) | stolen_disk.typed, "dump", scan)
+    assert b"COPY public.subjects" in stolen_disk.dump
+    assert b"COPY public.audit" in stolen_disk.dump
+    assert not scan.hits, "numbers in the database:\n" + "\n".join(map(str, scan.hits[:20]))
 
 
 def test_the_export_holds_the_numbers_but_is_not_kept(stolen_disk: StolenDisk) -> None:
@@ -348,3 +448,24 @@ def test_the_export_holds_the_numbers_but_is_not_kept(stolen_disk: StolenDisk) -
         data = path.read_bytes()
         assert data != export, path
         assert not any(piece in data for piece in pieces), path
+
+
+def test_the_audit_bundle_records_the_mistakes_without_the_numbers(
+    stolen_disk: StolenDisk,
+) -> None:
+    """The paths that might have written a number did run, and were recorded:
+    the mistyped sign-ins, the refused reveal, the take-out."""
+    lines = [json.loads(line) for line in stolen_disk.audit_bundle.read_bytes().splitlines()]
+    entries = [e for e in lines if e.get("type") == "entry"]
+
+    def count(action: str, outcome: str = "ok", **fields: str) -> int:
+        return sum(1 for e in entries if e["action"] == action and e["outcome"] == outcome
+                   and all(e[k] == v for k, v in fields.items()))
+
+    assert count("login", "denied", actor="(invalid)") == 3
+    assert count("subject.reveal", "denied", purpose="health_pension") == 1
+    assert count("subject.reveal", purpose="payment_record") == 3
+    assert count("subject.register", "denied") == 1
+    assert count("subject.import") == 3
+    exports = [e for e in entries if e["action"] == "subject.export"]
+    assert [e["detail"]["rows"] for e in exports] == [2800]

@@ -158,6 +158,9 @@ class LocalAppliance:
 
     def start_daemon(self, name: str) -> subprocess.Popen[bytes]:
         module = {"vault": "kura.vault.main", "console": "kura.console.main"}[name]
+        if name == "vault":
+            # A killed vault leaves its socket behind; readiness below is the new one.
+            self.socket.unlink(missing_ok=True)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child owns it)
         proc = subprocess.Popen(
             [sys.executable, "-m", module, "--config", str(self.config_path)],

@@ -17,6 +17,7 @@ from kura.config import Config
 from kura.console import openapi
 from kura.console.api import LIMITS, VAULT, add_routes, error_response
 from kura.console.vaultclient import VaultClient
+from kura.core.audit import looks_like_my_number
 from kura.core.errors import BadRequest, KuraError, NotFound, PayloadTooLarge
 
 log = logging.getLogger("kura.console")
@@ -33,6 +34,22 @@ SECURITY_HEADERS = {
 }
 
 
+def loggable_path(request: BaseRequest) -> str:
+    """The path for a log line. A number pasted into the address bar must not
+    reach the log, so a path that holds one is withheld whole."""
+    path = request.rel_url.path
+    return "(path withheld: looks like a number)" if looks_like_my_number(path) else path[:200]
+
+
+class MethodNotAllowed(BadRequest):
+    """The route exists but not with this HTTP method."""
+
+    code = "method_not_allowed"
+    status = 405
+    ja = "このパスではそのメソッドは使えません。"
+    en = "This path does not accept that method."
+
+
 class AccessLogger(AbstractAccessLogger):
     """Method, path and status only: never a query string or a body."""
 
@@ -41,7 +58,7 @@ class AccessLogger(AbstractAccessLogger):
             "%s %s %s %d %.1fms",
             request.remote,
             request.method,
-            request.rel_url.path[:200],
+            loggable_path(request),
             response.status,
             elapsed * 1000,
         )
@@ -57,12 +74,18 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(PayloadTooLarge())
     except web.HTTPNotFound:
         response = error_response(NotFound("no such API route", "そのような API はありません。"))
-    except web.HTTPMethodNotAllowed:
-        response = error_response(BadRequest("method not allowed", "そのメソッドは使えません。"))
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(MethodNotAllowed())
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except web.HTTPException as exc:
-        response = error_response(BadRequest(exc.reason, exc.reason))
+        response = error_response(
+            BadRequest(
+                f"the request was refused ({exc.status} {exc.reason})",
+                f"リクエストを処理できません（{exc.status}）。",
+            )
+        )
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.rel_url.path[:200])
+        log.exception("internal error on %s %s", request.method, loggable_path(request))
         response = error_response(KuraError())
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)

@@ -41,7 +41,9 @@ _MU, _MA, _SA, _DA = Role.MU, Role.MA, Role.SA, Role.DA
 
 ALLOWED: dict[str, frozenset[Role]] = {
     # subjects and their numbers
-    "subject.register": frozenset({_MU, _MA}),
+    # Only MU registers directly (DESIGN.md); MA approves others' requests, so
+    # an MA registering would approve their own work.
+    "subject.register": frozenset({_MU}),
     "subject.lookup": frozenset({_MU, _MA}),
     "subject.list": frozenset({_MU, _MA}),
     "subject.get": frozenset({_MU, _MA}),

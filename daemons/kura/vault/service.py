@@ -423,7 +423,7 @@ class Vault:
                     )
                 token, digest = accounts.new_session_token()
                 mfa_done = totp_step is not None
-                row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done)
+                row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done, now)
                 await tx.append_audit(
                     actor=username,
                     role=str(role),
@@ -781,11 +781,14 @@ class Vault:
                 if subject.kind == "dependent"
                 else await tx.subject_by_code(subject.kind, subject.code)
             )
+            refusal: DuplicateNumber | None = None
             try:
                 if _already_registered(subject, employee_id, same_number, same_code):
                     assert same_number is not None
                     return {"subject": self._summary(same_number), "created": False}
-            except DuplicateNumber:
+            except DuplicateNumber as exc:
+                # Raised only after this transaction commits the refusal's record.
+                refusal = exc
                 await tx.append_audit(
                     actor=caller.actor,
                     role=caller.role,
@@ -794,18 +797,20 @@ class Vault:
                     client=caller.client,
                     detail={"reason": "duplicate_number"},
                 )
-                raise
-            values = self._sealed_row(subject, employee_id, caller.actor)
-            await tx.insert_subject(values)
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.register",
-                target=values["id"],
-                client=caller.client,
-                detail={"kind": subject.kind},
-            )
-            row = await tx.subject(values["id"])
+            else:
+                values = self._sealed_row(subject, employee_id, caller.actor)
+                await tx.insert_subject(values)
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.register",
+                    target=values["id"],
+                    client=caller.client,
+                    detail={"kind": subject.kind},
+                )
+                row = await tx.subject(values["id"])
+        if refusal is not None:
+            raise refusal
         assert row is not None
         return {"subject": self._summary(row), "created": True}
 
@@ -866,7 +871,9 @@ class Vault:
             row = await tx.subject(args["id"])
             if row is None:
                 raise NotFound()
-            if purpose not in row["purposes"]:
+            allowed = list(row["purposes"])
+            if purpose not in allowed:
+                # Raised only after this transaction commits the refusal's record.
                 await tx.append_audit(
                     actor=caller.actor,
                     role=caller.role,
@@ -877,19 +884,21 @@ class Vault:
                     client=caller.client,
                     detail={"reason": "purpose"},
                 )
-                raise PurposeRequired(allowed=list(row["purposes"]))
-            dk = self._keys().open_data_key(
-                str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
-            )
-            number = dk.decrypt("number", bytes(row["number_ct"])).decode()
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.reveal",
-                target=args["id"],
-                purpose=purpose,
-                client=caller.client,
-            )
+            else:
+                dk = self._keys().open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
+                number = dk.decrypt("number", bytes(row["number_ct"])).decode()
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.reveal",
+                    target=args["id"],
+                    purpose=purpose,
+                    client=caller.client,
+                )
+        if purpose not in allowed:
+            raise PurposeRequired(allowed=allowed)
         return {"id": args["id"], "number": number, "purpose": purpose}
 
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:

@@ -270,11 +270,14 @@ class Tx:
             (user_id,),
         )
 
-    async def insert_session(self, digest: bytes, user_id: int, client: str, mfa_done: bool) -> Row:
+    async def insert_session(
+        self, digest: bytes, user_id: int, client: str, mfa_done: bool, at: datetime
+    ) -> Row:
+        # ``at`` is the vault's clock, the one that later judges the session's age.
         row = await self.one(
-            "INSERT INTO sessions (token_digest, user_id, client, mfa_done)"
-            " VALUES (%s, %s, %s, %s) RETURNING created_at, last_seen",
-            (digest, user_id, client, mfa_done),
+            "INSERT INTO sessions (token_digest, user_id, client, mfa_done, created_at, last_seen)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING created_at, last_seen",
+            (digest, user_id, client, mfa_done, at, at),
         )
         assert row is not None
         return row

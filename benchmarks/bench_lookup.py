@@ -1,0 +1,200 @@
+"""Lookup-by-number benchmark: latency (p50, p99) and throughput with 1 and
+with 32 concurrent clients, on a fresh appliance holding N imported subjects.
+
+- HTTPS: POST /api/v1/subjects/lookup {"number": ...} through kura-console,
+  one aiohttp ClientSession (keep-alive, TLS verified against the appliance's
+  own certificate), as a payroll integration calls it.
+- vault direct: the same operation on the vault's Unix socket
+  (kura.console.vaultclient.VaultClient), to show what the console adds.
+
+Every lookup is a real one: a random registered number, answered with one
+subject (number masked) after its audit entry has committed. The client runs
+on the same machine as the appliance and takes its share of the cores.
+
+Run: ``.venv/bin/python -m benchmarks.bench_lookup`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from benchmarks.bench_import import import_socket
+from benchmarks.common import (
+    Check,
+    Stopwatch,
+    appliance,
+    machine,
+    payee_rows,
+    percentile,
+    print_checks,
+    sign_in_mu,
+    table,
+    tls_context,
+)
+from kura.console.vaultclient import VaultClient, VaultError
+from kura.devserver import LocalAppliance
+
+TARGET_P99_MS = 20.0  # at 32 concurrent clients, over HTTPS
+WARM_UP = 200
+
+Lookup = Callable[[str], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Result:
+    path: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]  # seconds, sorted
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def ms(self, p: float) -> float:
+        return percentile(self.latencies, p) * 1000
+
+
+async def drive(lookup: Lookup, numbers: Sequence[str], clients: int, count: int,
+                seed: int) -> tuple[int, float, list[float]]:
+    """``count`` lookups of random registered numbers by ``clients`` concurrent
+    workers, each sending its next request as soon as its answer came."""
+    rng = random.Random(seed)
+    todo = iter([rng.choice(numbers) for _ in range(count)])
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        for number in todo:
+            start = time.perf_counter()
+            ok = await lookup(number)
+            latencies.append(time.perf_counter() - start)
+            errors += not ok
+
+    watch = Stopwatch()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return errors, watch.elapsed, sorted(latencies)
+
+
+async def lookup_http(app: LocalAppliance, token: str, numbers: Sequence[str], clients: int,
+                      count: int, seed: int = 1) -> Result:
+    connector = aiohttp.TCPConnector(ssl=tls_context(app), limit=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{app.url}/api/v1/subjects/lookup"
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+
+        async def lookup(number: str) -> bool:
+            async with http.post(url, json={"number": number}) as response:
+                body = await response.json()
+                return response.status == 200 and len(body["subjects"]) == 1
+
+        await drive(lookup, numbers, clients, min(WARM_UP, count), seed + 1000)
+        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed)
+    return Result("HTTPS (console)", clients, count, errors, seconds, latencies)
+
+
+async def lookup_vault(app: LocalAppliance, token: str, numbers: Sequence[str], clients: int,
+                       count: int, seed: int = 1) -> Result:
+    vault = VaultClient(app.socket, clients)
+
+    async def lookup(number: str) -> bool:
+        try:
+            result = await vault.call("subject.lookup", {"number": number}, token, "bench")
+        except VaultError:
+            return False
+        return len(result["subjects"]) == 1
+
+    try:
+        await drive(lookup, numbers, clients, min(WARM_UP, count), seed + 1000)
+        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed)
+    finally:
+        await vault.close()
+    return Result("vault direct (socket)", clients, count, errors, seconds, latencies)
+
+
+async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Result]:
+    token = await sign_in_mu(app)
+    rows = payee_rows(args.subjects, seed=args.seed)
+    print(f"  importing {len(rows):,} subjects…", file=sys.stderr, flush=True)
+    await import_socket(app, token, rows, 10_000)
+    numbers = [r["number"] for r in rows]
+    results = []
+    for path in args.paths.split(","):
+        run = {"http": lookup_http, "vault": lookup_vault}.get(path)
+        if run is None:
+            raise SystemExit(f"unknown path {path!r}")
+        for clients, count in ((1, args.single), (args.clients, args.concurrent)):
+            result = await run(app, token, numbers, clients, count, args.seed)
+            print(f"  {result.path}, {clients} client(s): p99 {result.ms(99):.1f} ms",
+                  file=sys.stderr, flush=True)
+            results.append(result)
+    return results
+
+
+def report(results: Sequence[Result], args: argparse.Namespace) -> bool:
+    print(f"\nLookup by number among {args.subjects:,} subjects, on {machine()}")
+    print()
+    print(
+        table(
+            ("path", "clients", "requests", "errors", "p50 ms", "p99 ms", "max ms", "lookups/s"),
+            [
+                (r.path, r.clients, r.requests, r.errors, r.ms(50), r.ms(99), r.ms(100), r.rate)
+                for r in results
+            ],
+        )
+    )
+    checks = [
+        Check(f"lookup p99, HTTPS, {r.clients} clients", f"<= {TARGET_P99_MS:.0f} ms",
+              f"{r.ms(99):.1f} ms", r.ms(99) <= TARGET_P99_MS and not r.errors)
+        for r in results
+        if r.path.startswith("HTTPS") and r.clients == 32
+    ]
+    print_checks(checks)
+    return all(c.met for c in checks) and not any(r.errors for r in results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_lookup",
+        description="Lookup by number over HTTPS and on the vault's socket, with 1 and with "
+        "32 concurrent clients, on a fresh local appliance (started and removed by this "
+        "script).",
+    )
+    parser.add_argument("--subjects", type=int, default=100_000,
+                        help="subjects to import before measuring (default 100,000)")
+    parser.add_argument("--single", type=int, default=2_000,
+                        help="requests with one client (default 2,000)")
+    parser.add_argument("--concurrent", type=int, default=10_000,
+                        help="requests with --clients concurrent clients (default 10,000)")
+    parser.add_argument("--clients", type=int, default=32,
+                        help="concurrent clients for the second run (default 32)")
+    parser.add_argument("--paths", default="http,vault",
+                        help="what to measure, in order: http, vault (default http,vault)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for subjects and lookups")
+    args = parser.parse_args(argv)
+    if not 1 <= args.subjects <= 1_000_000:
+        parser.error("--subjects must be 1..1,000,000")
+    if not (1 <= args.single <= 100_000 and 1 <= args.concurrent <= 100_000):
+        parser.error("--single and --concurrent must be 1..100,000")
+    if not 1 <= args.clients <= 256:
+        parser.error("--clients must be 1..256")
+    print("starting a local appliance…", file=sys.stderr, flush=True)
+    with appliance("lookup") as app:
+        results = asyncio.run(bench(app, args))
+    met = report(results, args)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
