@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -30,9 +30,11 @@ import psycopg
 
 from benchmarks.common import (
     Check,
+    CpuMeter,
     Stopwatch,
     appliance,
     chunks,
+    cpu_line,
     machine,
     payee_rows,
     print_checks,
@@ -52,6 +54,7 @@ class Run:
     path: str
     rows: int
     seconds: float
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds by part
 
     @property
     def rate(self) -> float:
@@ -78,8 +81,9 @@ async def import_socket(
         seconds = watch.elapsed
     finally:
         await vault.close()
-    return Run("vault, Unix socket (subject.import)", _check_result("socket", results, len(rows)),
-               seconds)
+    return Run(
+        "vault, Unix socket (subject.import)", _check_result("socket", results, len(rows)), seconds
+    )
 
 
 async def import_http(
@@ -99,8 +103,11 @@ async def import_http(
                     raise SystemExit(f"HTTP import: {response.status} {json.dumps(body)[:300]}")
                 results.append(body)
         seconds = watch.elapsed
-    return Run("vault, HTTPS (POST /api/v1/subjects/import)",
-               _check_result("http", results, len(rows)), seconds)
+    return Run(
+        "vault, HTTPS (POST /api/v1/subjects/import)",
+        _check_result("http", results, len(rows)),
+        seconds,
+    )
 
 
 def copy_baseline(app: LocalAppliance, rows: Sequence[dict[str, str]], chunk: int) -> Run:
@@ -146,30 +153,33 @@ async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Run]:
     rows = payee_rows(args.subjects, seed=args.seed)
     token = await sign_in_mu(app)
     runs: list[Run] = []
-    paths = args.paths.split(",")
-    first = True
-    for path in paths:
-        if not first:
+    meter = CpuMeter(app)
+    dirty = False  # whether the subjects table holds rows from an earlier path
+    for path in args.paths.split(","):
+        if dirty:
             empty_subjects(app)
         checkpoint(app)
-        first = False
+        meter.start()
         if path == "socket":
-            runs.append(await import_socket(app, token, rows, args.chunk))
+            run = await import_socket(app, token, rows, args.chunk)
         elif path == "baseline":
-            runs.append(copy_baseline(app, rows, args.chunk))
-            first = True  # the subjects table was not touched
+            run = copy_baseline(app, rows, args.chunk)
         elif path == "http":
-            runs.append(await import_http(app, token, rows, args.chunk))
+            run = await import_http(app, token, rows, args.chunk)
         else:
             raise SystemExit(f"unknown path {path!r}")
+        runs.append(replace(run, cpu=meter.stop()))
+        dirty = dirty or path != "baseline"
         print(f"  {runs[-1].path}: {runs[-1].rate:,.0f} rows/s", file=sys.stderr, flush=True)
     return runs
 
 
 def report(runs: Sequence[Run], args: argparse.Namespace) -> bool:
     baseline = next((r for r in runs if r.path.startswith("baseline")), None)
-    print(f"\nBulk import: {args.subjects:,} generated payees, {args.chunk:,} rows per call,"
-          f" on {machine()}")
+    print(
+        f"\nBulk import: {args.subjects:,} generated payees, {args.chunk:,} rows per call,"
+        f" on {machine()}"
+    )
     print()
     print(
         table(
@@ -186,15 +196,30 @@ def report(runs: Sequence[Run], args: argparse.Namespace) -> bool:
             ],
         )
     )
+    print()
+    for r in runs:
+        print(f"{r.path}: {cpu_line(r.cpu, r.rows, 'row')}")
     vault = next((r for r in runs if r.path.startswith("vault, Unix")), None)
     checks = []
     if vault:
-        checks.append(Check("import via the vault", f">= {TARGET_RATE:,} rows/s",
-                            f"{vault.rate:,.0f} rows/s", vault.rate >= TARGET_RATE))
+        checks.append(
+            Check(
+                "import via the vault",
+                f">= {TARGET_RATE:,} rows/s",
+                f"{vault.rate:,.0f} rows/s",
+                vault.rate >= TARGET_RATE,
+            )
+        )
         if baseline:
             share = vault.rate / baseline.rate
-            checks.append(Check("import / plain COPY", f">= {TARGET_SHARE:.0%}", f"{share:.0%}",
-                                share >= TARGET_SHARE))
+            checks.append(
+                Check(
+                    "import / plain COPY",
+                    f">= {TARGET_SHARE:.0%}",
+                    f"{share:.0%}",
+                    share >= TARGET_SHARE,
+                )
+            )
     print_checks(checks)
     return all(c.met for c in checks)
 
@@ -205,19 +230,32 @@ def main(argv: list[str] | None = None) -> int:
         description="Bulk import through the vault versus a plain COPY of the same rows, "
         "on a fresh local appliance (started and removed by this script).",
     )
-    parser.add_argument("--subjects", type=int, default=100_000,
-                        help="generated payees to import (default 100,000; at most 1,000,000)")
-    parser.add_argument("--chunk", type=int, default=10_000,
-                        help="rows per import call and per baseline COPY (default 10,000)")
-    parser.add_argument("--paths", default="socket,baseline,http",
-                        help="what to run, in order: socket, baseline, http "
-                        "(default socket,baseline,http)")
+    parser.add_argument(
+        "--subjects",
+        type=int,
+        default=100_000,
+        help="generated payees to import (default 100,000; at most 1,000,000)",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=10_000,
+        help="rows per import call and per baseline COPY (default 10,000)",
+    )
+    parser.add_argument(
+        "--paths",
+        default="socket,baseline,http",
+        help="what to run, in order: socket, baseline, http (default socket,baseline,http)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed for the generated subjects")
     args = parser.parse_args(argv)
     if not 1 <= args.subjects <= 1_000_000 or not 1 <= args.chunk <= 100_000:
         parser.error("--subjects must be 1..1,000,000 and --chunk 1..100,000")
-    print(f"starting a local appliance; importing {args.subjects:,} subjects…",
-          file=sys.stderr, flush=True)
+    print(
+        f"starting a local appliance; importing {args.subjects:,} subjects…",
+        file=sys.stderr,
+        flush=True,
+    )
     with appliance("import") as app:
         runs = asyncio.run(bench(app, args))
     met = report(runs, args)

@@ -22,15 +22,17 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
 from benchmarks.bench_import import import_socket
 from benchmarks.common import (
     Check,
+    CpuMeter,
     Stopwatch,
     appliance,
+    cpu_line,
     machine,
     payee_rows,
     percentile,
@@ -56,6 +58,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]  # seconds, sorted
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds by part, warm-up included
 
     @property
     def rate(self) -> float:
@@ -65,8 +68,9 @@ class Result:
         return percentile(self.latencies, p) * 1000
 
 
-async def drive(lookup: Lookup, numbers: Sequence[str], clients: int, count: int,
-                seed: int) -> tuple[int, float, list[float]]:
+async def drive(
+    lookup: Lookup, numbers: Sequence[str], clients: int, count: int, seed: int
+) -> tuple[int, float, list[float]]:
     """``count`` lookups of random registered numbers by ``clients`` concurrent
     workers, each sending its next request as soon as its answer came."""
     rng = random.Random(seed)
@@ -87,8 +91,9 @@ async def drive(lookup: Lookup, numbers: Sequence[str], clients: int, count: int
     return errors, watch.elapsed, sorted(latencies)
 
 
-async def lookup_http(app: LocalAppliance, token: str, numbers: Sequence[str], clients: int,
-                      count: int, seed: int = 1) -> Result:
+async def lookup_http(
+    app: LocalAppliance, token: str, numbers: Sequence[str], clients: int, count: int, seed: int = 1
+) -> Result:
     connector = aiohttp.TCPConnector(ssl=tls_context(app), limit=clients)
     headers = {"Authorization": f"Bearer {token}"}
     url = f"{app.url}/api/v1/subjects/lookup"
@@ -104,8 +109,9 @@ async def lookup_http(app: LocalAppliance, token: str, numbers: Sequence[str], c
     return Result("HTTPS (console)", clients, count, errors, seconds, latencies)
 
 
-async def lookup_vault(app: LocalAppliance, token: str, numbers: Sequence[str], clients: int,
-                       count: int, seed: int = 1) -> Result:
+async def lookup_vault(
+    app: LocalAppliance, token: str, numbers: Sequence[str], clients: int, count: int, seed: int = 1
+) -> Result:
     vault = VaultClient(app.socket, clients)
 
     async def lookup(number: str) -> bool:
@@ -130,14 +136,20 @@ async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Result]:
     await import_socket(app, token, rows, 10_000)
     numbers = [r["number"] for r in rows]
     results = []
+    meter = CpuMeter(app)
     for path in args.paths.split(","):
         run = {"http": lookup_http, "vault": lookup_vault}.get(path)
         if run is None:
             raise SystemExit(f"unknown path {path!r}")
         for clients, count in ((1, args.single), (args.clients, args.concurrent)):
+            meter.start()
             result = await run(app, token, numbers, clients, count, args.seed)
-            print(f"  {result.path}, {clients} client(s): p99 {result.ms(99):.1f} ms",
-                  file=sys.stderr, flush=True)
+            result = replace(result, cpu=meter.stop())
+            print(
+                f"  {result.path}, {clients} client(s): p99 {result.ms(99):.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(result)
     return results
 
@@ -154,9 +166,17 @@ def report(results: Sequence[Result], args: argparse.Namespace) -> bool:
             ],
         )
     )
+    print()
+    for r in results:
+        warm = r.requests + min(WARM_UP, r.requests)
+        print(f"{r.path}, {r.clients} client(s): {cpu_line(r.cpu, warm, 'lookup')}")
     checks = [
-        Check(f"lookup p99, HTTPS, {r.clients} clients", f"<= {TARGET_P99_MS:.0f} ms",
-              f"{r.ms(99):.1f} ms", r.ms(99) <= TARGET_P99_MS and not r.errors)
+        Check(
+            f"lookup p99, HTTPS, {r.clients} clients",
+            f"<= {TARGET_P99_MS:.0f} ms",
+            f"{r.ms(99):.1f} ms",
+            r.ms(99) <= TARGET_P99_MS and not r.errors,
+        )
         for r in results
         if r.path.startswith("HTTPS") and r.clients == 32
     ]
@@ -171,16 +191,29 @@ def main(argv: list[str] | None = None) -> int:
         "32 concurrent clients, on a fresh local appliance (started and removed by this "
         "script).",
     )
-    parser.add_argument("--subjects", type=int, default=100_000,
-                        help="subjects to import before measuring (default 100,000)")
-    parser.add_argument("--single", type=int, default=2_000,
-                        help="requests with one client (default 2,000)")
-    parser.add_argument("--concurrent", type=int, default=10_000,
-                        help="requests with --clients concurrent clients (default 10,000)")
-    parser.add_argument("--clients", type=int, default=32,
-                        help="concurrent clients for the second run (default 32)")
-    parser.add_argument("--paths", default="http,vault",
-                        help="what to measure, in order: http, vault (default http,vault)")
+    parser.add_argument(
+        "--subjects",
+        type=int,
+        default=100_000,
+        help="subjects to import before measuring (default 100,000)",
+    )
+    parser.add_argument(
+        "--single", type=int, default=2_000, help="requests with one client (default 2,000)"
+    )
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=10_000,
+        help="requests with --clients concurrent clients (default 10,000)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=32, help="concurrent clients for the second run (default 32)"
+    )
+    parser.add_argument(
+        "--paths",
+        default="http,vault",
+        help="what to measure, in order: http, vault (default http,vault)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed for subjects and lookups")
     args = parser.parse_args(argv)
     if not 1 <= args.subjects <= 1_000_000:

@@ -29,11 +29,31 @@ from kura.core.numbers import my_number_check_digit
 from kura.devserver import LocalAppliance, free_port
 
 FAMILY = ("佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤")
-FAMILY_KANA = ("サトウ", "スズキ", "タカハシ", "タナカ", "イトウ", "ワタナベ", "ヤマモト",
-               "ナカムラ", "コバヤシ", "カトウ")
+FAMILY_KANA = (
+    "サトウ",
+    "スズキ",
+    "タカハシ",
+    "タナカ",
+    "イトウ",
+    "ワタナベ",
+    "ヤマモト",
+    "ナカムラ",
+    "コバヤシ",
+    "カトウ",
+)
 GIVEN = ("太郎", "花子", "一郎", "美咲", "健太", "陽菜", "翔", "結衣", "大輔", "さくら")
-GIVEN_KANA = ("タロウ", "ハナコ", "イチロウ", "ミサキ", "ケンタ", "ヒナ", "ショウ", "ユイ",
-              "ダイスケ", "サクラ")
+GIVEN_KANA = (
+    "タロウ",
+    "ハナコ",
+    "イチロウ",
+    "ミサキ",
+    "ケンタ",
+    "ヒナ",
+    "ショウ",
+    "ユイ",
+    "ダイスケ",
+    "サクラ",
+)
 
 
 # --- generated subjects ---------------------------------------------------------
@@ -181,6 +201,63 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores ({cpu})"
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process (0 if it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU time spent by each part while a benchmark runs: this client, kura-console,
+    kura-vault and PostgreSQL (the postmaster and its backends). A backend that
+    exits during the run takes its time with it, so the pools must stay open."""
+
+    def __init__(self, app: LocalAppliance) -> None:
+        self.app = app
+        self.before: dict[str, float] = {}
+
+    def _sample(self) -> dict[str, float]:
+        postmaster = self.app.cluster.postmaster_pid()
+        return {
+            "client": _cpu_seconds(os.getpid()),
+            "console": _cpu_seconds(self.app.procs["console"].pid),
+            "vault": _cpu_seconds(self.app.procs["vault"].pid),
+            "postgres": sum(_cpu_seconds(p) for p in [postmaster, *_children(postmaster)]),
+        }
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        return {k: after[k] - self.before[k] for k in after}
+
+
+def cpu_line(used: dict[str, float], count: int, unit: str) -> str:
+    """CPU milliseconds per ``unit`` for each part, e.g. for the notes under a table."""
+    parts = ", ".join(f"{k} {v * 1000 / count:.3f}" for k, v in used.items())
+    return f"CPU ms per {unit}: {parts} (total {sum(used.values()) * 1000 / count:.3f})"
 
 
 class Stopwatch:

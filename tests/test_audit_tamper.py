@@ -113,13 +113,7 @@ def restore(scene: Scene) -> Iterator[None]:
     app.start_daemon("vault")
     yield
     app.stop_daemon("vault")
-    superuser(
-        app,
-        "".join(
-            RESTORE.format(t)
-            for t in SAVED
-        ),
-    )
+    superuser(app, "".join(RESTORE.format(t) for t in SAVED))
     app.start_daemon("vault")
 
 

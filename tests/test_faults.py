@@ -142,7 +142,8 @@ def sql(appliance: LocalAppliance, query: str) -> list[str]:
     return appliance.cluster.psql("kura_owner", query).split()
 
 
-def check_nothing_lost_nothing_torn(faulty: Faulty, prefix: str, sent: list[Batch]) -> None:
+def check_nothing_lost_nothing_torn(faulty: Faulty, prefix: str, sent: list[Batch]) -> int:
+    """Returns how many batches were committed without being acknowledged."""
     appliance, mu = faulty.appliance, faulty.mu
     present = set(sql(appliance, f"SELECT code FROM subjects WHERE code LIKE '{prefix}-%'"))  # noqa: S608 (fixed prefix)
     count = int(sql(appliance, f"SELECT count(*) FROM subjects WHERE code LIKE '{prefix}-%'")[0])  # noqa: S608 (fixed prefix)
@@ -199,6 +200,7 @@ def check_nothing_lost_nothing_torn(faulty: Faulty, prefix: str, sent: list[Batc
         assert again.json["existing"] == (len(batch.rows) if was_there else 0)
     final = int(sql(appliance, f"SELECT count(*) FROM subjects WHERE code LIKE '{prefix}-%'")[0])  # noqa: S608 (fixed prefix)
     assert final == sum(len(b.rows) for b in sent)
+    return sum(1 for b in sent if not b.acked and b.codes[0] in present)
 
 
 def check_audit_chain(faulty: Faulty, tmp_path: Path) -> None:
@@ -216,6 +218,13 @@ def check_audit_chain(faulty: Faulty, tmp_path: Path) -> None:
                   if e.get("type") == "entry" and e["action"] == "subject.import"
                   and e["outcome"] == "ok")
     assert created == int(sql(faulty.appliance, "SELECT count(*) FROM subjects")[0])
+
+
+def report(what: str, sent: list[Batch], committed: int, recovery: float, total: float) -> None:
+    acked = sum(b.acked for b in sent)
+    print(f"\n{what}: {len(sent)} batches sent, {acked} acknowledged, {len(sent) - acked} not"
+          f" ({committed} of those committed); importing again {recovery:.1f} s after the"
+          f" restart; {total:.1f} s in all")
 
 
 # --- the faults --------------------------------------------------------------------
@@ -250,11 +259,9 @@ def test_sigkill_vault_during_bulk_import(faulty: Faulty, tmp_path: Path) -> Non
     # The console found the new vault at once: nothing failed once it was up.
     assert not [b for b in sent if b.started >= restarted and not b.acked]
 
-    check_nothing_lost_nothing_torn(faulty, "FV", sent)
+    committed = check_nothing_lost_nothing_torn(faulty, "FV", sent)
     check_audit_chain(faulty, tmp_path)
-    print(f"\nvault killed: {len(sent)} batches sent, {sum(b.acked for b in sent)} acknowledged,"
-          f" {len(importer.failed())} failed; importing again {recovery:.1f} s after the restart;"
-          f" {time.monotonic() - started:.1f} s in all")
+    report("vault killed", sent, committed, recovery, time.monotonic() - started)
 
 
 def _start_cluster_again(appliance: LocalAppliance) -> None:
@@ -293,8 +300,28 @@ def test_sigkill_postgres_during_bulk_import(faulty: Faulty, tmp_path: Path) -> 
     # The vault was never restarted: its connection pool found the new server.
     assert appliance.procs["vault"].poll() is None
 
-    check_nothing_lost_nothing_torn(faulty, "FP", sent)
+    committed = check_nothing_lost_nothing_torn(faulty, "FP", sent)
     check_audit_chain(faulty, tmp_path)
-    print(f"\npostgres killed: {len(sent)} batches sent, {sum(b.acked for b in sent)} acknowledged,"
-          f" {len(importer.failed())} failed; importing again {recovery:.1f} s after the restart;"
-          f" {time.monotonic() - started:.1f} s in all")
+    report("postgres killed", sent, committed, recovery, time.monotonic() - started)
+
+
+def test_postgres_killed_while_the_vault_is_idle(faulty: Faulty) -> None:
+    """The night PostgreSQL crashed and came back, nobody was using Kura: the
+    first request in the morning works (the vault's pool holds no dead
+    connections by then)."""
+    appliance, mu = faulty.appliance, faulty.mu
+    # The pool's connections, used and then left idle.
+    for _ in range(3):
+        assert mu.get("/subjects", query={"limit": 1}).status == 200
+    pid = appliance.cluster.postmaster_pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the postmaster is gone", lambda: not appliance.cluster.running())
+    _start_cluster_again(appliance)
+    codes = []
+    for i in range(5):
+        r = mu.get("/subjects", query={"limit": 1})
+        codes.append(r.status)
+        if i == 0:
+            found = mu.post("/subjects/lookup", {"number": faulty.numbers[0]})
+            codes.append(found.status)
+    assert codes == [200] * 6

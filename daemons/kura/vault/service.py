@@ -1187,6 +1187,7 @@ class Vault:
             while True:
                 async with self.store.transaction() as tx:
                     batch = await tx.subject_keys(after, 1000)
+                    moved = 0
                     for r in batch:
                         if r["kek_version"] == version:
                             continue
@@ -1194,14 +1195,15 @@ class Vault:
                             str(r["id"]), r["kek_version"], bytes(r["wrapped_key"])
                         )
                         await tx.set_subject_key(r["id"], new_version, new_wrapped)
-                        rewrapped += 1
-                    if batch:
+                        moved += 1
+                    rewrapped += moved
+                    if moved:
                         await tx.append_audit(
                             actor=caller.actor,
                             role=caller.role,
                             action="keys.rewrap",
                             client=caller.client,
-                            detail={"count": len(batch)},
+                            detail={"count": moved, "version": version},
                         )
                 if len(batch) < 1000:
                     break

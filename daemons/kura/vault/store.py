@@ -59,6 +59,10 @@ class Store:
             open=False,
             timeout=10.0,
             kwargs={"row_factory": dict_row},
+            # After PostgreSQL restarts, idle connections are dead without knowing
+            # it; checking each one as it is handed out (one empty round trip)
+            # spares the first requests a 503.
+            check=AsyncConnectionPool.check_connection,
         )
 
     async def open(self) -> None:
