@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ class Batch:
     rows: list[dict[str, str]] = field(repr=False)
     started: float = 0.0
     status: int | None = None  # None: no answer at all (connection lost)
+    done: bool = False  # the request is over, answered or not
     acked: bool = False
 
     @property
@@ -53,6 +55,7 @@ class Batch:
 
 
 def acknowledged(status: int, body: Any, rows: int) -> bool:
+    """What an integration may take as "all of it is stored"."""
     return (status == 200 and body["created"] + body["existing"] == rows
             and body["rejected"] == [])
 
@@ -74,10 +77,12 @@ class Importer(threading.Thread):
             self.sent.append(batch)
             try:
                 r = self.api.post("/subjects/import", {"rows": batch.rows})
+                batch.status = r.status
+                batch.acked = acknowledged(r.status, r.json, len(batch.rows))
             except (OSError, http.client.HTTPException):
-                continue
-            batch.status = r.status
-            batch.acked = r.status == 200 and acknowledged(r.status, r.json, len(batch.rows))
+                pass
+            finally:
+                batch.done = True
             if not batch.acked:
                 time.sleep(0.05)
 
@@ -85,7 +90,7 @@ class Importer(threading.Thread):
         return sum(1 for b in list(self.sent) if b.acked and b.started >= moment)
 
     def failed(self) -> list[Batch]:
-        return [b for b in list(self.sent) if b.status is not None and not b.acked]
+        return [b for b in list(self.sent) if b.done and not b.acked]
 
     def finish(self) -> list[Batch]:
         self.halt.set()
@@ -133,6 +138,7 @@ def faulty() -> Iterator[Faulty]:
                      my_numbers(2 * BATCH * BATCHES_PER_TEST, seed=5151))
     finally:
         appliance.stop()
+    shutil.rmtree(appliance.state.parent, ignore_errors=True)
 
 
 # --- what must hold after any crash ----------------------------------------------
@@ -142,11 +148,16 @@ def sql(appliance: LocalAppliance, query: str) -> list[str]:
     return appliance.cluster.psql("kura_owner", query).split()
 
 
+def stored(appliance: LocalAppliance, prefix: str, what: str = "code") -> list[str]:
+    """``what`` over the subjects whose code starts with ``prefix`` (a test's own)."""
+    return sql(appliance, f"SELECT {what} FROM subjects WHERE code LIKE '{prefix}-%'")  # noqa: S608 (our prefix)
+
+
 def check_nothing_lost_nothing_torn(faulty: Faulty, prefix: str, sent: list[Batch]) -> int:
     """Returns how many batches were committed without being acknowledged."""
     appliance, mu = faulty.appliance, faulty.mu
-    present = set(sql(appliance, f"SELECT code FROM subjects WHERE code LIKE '{prefix}-%'"))  # noqa: S608 (fixed prefix)
-    count = int(sql(appliance, f"SELECT count(*) FROM subjects WHERE code LIKE '{prefix}-%'")[0])  # noqa: S608 (fixed prefix)
+    present = set(stored(appliance, prefix))
+    count = int(stored(appliance, prefix, "count(*)")[0])
     assert count == len(present)
 
     # Every acknowledged batch is there; every batch is there whole or not at all.
@@ -198,7 +209,7 @@ def check_nothing_lost_nothing_torn(faulty: Faulty, prefix: str, sent: list[Batc
         assert acknowledged(again.status, again.json, len(batch.rows)), again.json
         was_there = batch.codes[0] in present
         assert again.json["existing"] == (len(batch.rows) if was_there else 0)
-    final = int(sql(appliance, f"SELECT count(*) FROM subjects WHERE code LIKE '{prefix}-%'")[0])  # noqa: S608 (fixed prefix)
+    final = int(stored(appliance, prefix, "count(*)")[0])
     assert final == sum(len(b.rows) for b in sent)
     return sum(1 for b in sent if not b.acked and b.codes[0] in present)
 
