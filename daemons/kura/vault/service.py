@@ -260,6 +260,20 @@ class Vault:
         valid = api.validate(op, args if args is not None else {})
         if self.sealed and op not in ("status", "unseal"):
             raise VaultSealed()
+        if op != "status" and not self._client_allowed(caller.client):
+            async with self.store.transaction() as tx:
+                await tx.append_audit(
+                    actor="-",
+                    role="",
+                    action=op,
+                    outcome="denied",
+                    client=caller.client,
+                    detail={"reason": "network"},
+                )
+            raise PermissionDenied(
+                "this terminal's network is not allowed by the security policy",
+                "この端末のネットワークからの利用はセキュリティポリシーで許可されていません。",
+            )
         if op in PUBLIC:
             return await handler(caller, valid)
         if op == "bootstrap_da":
@@ -282,6 +296,10 @@ class Vault:
                 )
             raise PermissionDenied()
         return await handler(caller, valid)
+
+    def _client_allowed(self, client: str) -> bool:
+        # "local" is a peer on the vault's own socket, already checked by uid.
+        return client == "local" or accounts.is_allowed_address(self.policy, client)
 
     async def _session(self, token: str | None, caller: Caller) -> Session:
         if not token:

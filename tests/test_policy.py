@@ -1,0 +1,87 @@
+"""The security policy the SA sets takes effect at once, in the vault."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from kura.devserver import LocalAppliance
+from tests.conftest import new_appliance
+from tests.support import Api, activate, provision
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[tuple[LocalAppliance, dict[str, Api]]]:
+    app = new_appliance("policy")
+    app.start()
+    try:
+        password = app.bootstrap_da("admin")
+        assert password
+        admin = activate(Api(app.url, app.cert).sign_in("admin", password), password)
+        users = {"DA": admin, "SA": provision(admin, "sa-policy", "SA"),
+                 "MU": provision(admin, "mu-policy", "MU")}
+        yield app, users
+    finally:
+        app.stop()
+
+
+def _policy(sa: Api) -> dict[str, object]:
+    r = sa.get("/policy")
+    assert r.status == 200
+    return dict(r.json["policy"])
+
+
+def test_allowed_networks_shut_out_other_terminals(
+    site: tuple[LocalAppliance, dict[str, Api]],
+) -> None:
+    app, users = site
+    sa, mu = users["SA"], users["MU"]
+    # A documentation-only network: no terminal here is in it.
+    r = sa.put("/policy", {"policy": {"allowed_networks": ["192.0.2.0/24"]}})
+    assert r.status == 200, r.body
+    refused = mu.get("/subjects")
+    assert refused.status == 403 and refused.error_code == "permission_denied"
+    assert "ネットワーク" in refused.json["error"]["message"]
+    assert mu.anonymous().post("/session", {"username": "mu-policy",
+                                            "password": mu.password}).status == 403
+    # The appliance's own socket (client "local") still reaches the vault, so an
+    # SA can undo a mistake from the console tty.
+    asyncio.run(app.vault_call("policy.set", {"policy": {"allowed_networks": ["127.0.0.0/8"]}},
+                               session=sa.token))
+    assert mu.get("/subjects").status == 200
+    audit = sa.get("/audit", query={"action": "subject.list", "limit": 50}).json["entries"]
+    assert any(e["outcome"] == "denied" and e["detail"].get("reason") == "network"
+               for e in audit)
+    assert sa.put("/policy", {"policy": {"allowed_networks": []}}).status == 200
+
+
+def test_password_policy_applies_to_the_next_change(
+    site: tuple[LocalAppliance, dict[str, Api]],
+) -> None:
+    _, users = site
+    sa, mu = users["SA"], users["MU"]
+    assert sa.put("/policy", {"policy": {"min_length": 20}}).status == 200
+    assert _policy(sa)["min_length"] == 20
+    short = mu.post("/session/password", {"current_password": mu.password,
+                                          "new_password": "Short-But-Ok-16!"})
+    assert short.status == 422 and short.error_code == "password_rejected"
+    assert "too_short" in short.json["error"]["detail"]["reasons"]
+    # Only what was sent changed; the rest of the policy kept its values.
+    assert _policy(sa)["lockout_threshold"] == 5
+    assert sa.put("/policy", {"policy": {"min_length": 12}}).status == 200
+
+
+def test_policy_values_out_of_range_are_refused(
+    site: tuple[LocalAppliance, dict[str, Api]],
+) -> None:
+    _, users = site
+    sa = users["SA"]
+    before = _policy(sa)
+    for bad in ({"min_length": 3}, {"session_idle_minutes": "15"}, {"no_such": 1},
+                {"allowed_networks": ["not-a-network"]}, {"mfa_roles": ["XX"]}):
+        r = sa.put("/policy", {"policy": bad})
+        assert r.status in (400, 422), (bad, r.status)
+        assert r.json["error"]["message"] and r.json["error"]["message_en"]
+    assert _policy(sa) == before
