@@ -237,15 +237,37 @@ class Vault:
                     "this appliance is not sealed with custodian shares",
                     "このアプライアンスはシェアによる封印ではありません。",
                 )
-            self.collector.add(args["share"])
-            if self.collector.complete:
-                collector = self.collector
-                try:
-                    root = collector.root_key()
-                except KuraError:
-                    self.collector = sealing.ShareCollector(self.seal)
-                    raise
-                await self._open(root, "shamir")
+            try:
+                self.collector.add(args["share"])
+                if self.collector.complete:
+                    try:
+                        root = self.collector.root_key()
+                    except KuraError:
+                        self.collector = sealing.ShareCollector(self.seal)
+                        raise
+                    await self._open(root, "shamir")
+            except UnsealFailed as exc:
+                # A wrong share is a security event: record it (never the share).
+                async with self.store.transaction() as tx:
+                    await tx.append_audit(
+                        actor="-",
+                        role="",
+                        action="vault.unseal",
+                        outcome="denied",
+                        client=caller.client,
+                        detail={"reason": str(exc.detail.get("reason", "share"))},
+                    )
+                raise
+            else:
+                if self.sealed:
+                    async with self.store.transaction() as tx:
+                        await tx.append_audit(
+                            actor="-",
+                            role="",
+                            action="vault.share",
+                            client=caller.client,
+                            detail={"entered": self.collector.count, "needed": self.seal.threshold},
+                        )
             return await self.status(caller, args)
 
     # --- the dispatcher ------------------------------------------------------
@@ -713,6 +735,10 @@ class Vault:
     # --- policy ----------------------------------------------------------------
 
     async def policy_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="policy.get", client=caller.client
+            )
         return {"policy": self.policy.to_json()}
 
     async def policy_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
