@@ -7,13 +7,18 @@ time (tests.support), never written here."""
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pyotp
 import pytest
 
-from tests.support import corporate_number, hyphenated, my_numbers, wrong_check_digit
+from kura.devserver import LocalAppliance
+from tests.support import Api, corporate_number, hyphenated, my_numbers, wrong_check_digit
 
 KURA = [sys.executable, "-m", "kura.cli"]
 
@@ -177,3 +182,33 @@ def test_no_command_is_a_usage_error() -> None:
     done = kura()
     assert done.returncode == 2
     assert "usage: kura" in done.stderr
+
+
+def test_audit_export_and_verify_from_the_command_line(
+    appliance: LocalAppliance, users: dict[str, Api], tmp_path: Path
+) -> None:
+    sa = users["SA"]
+    # The next time step's code: the one SA signed in with may not be used twice.
+    code = pyotp.TOTP(sa.totp_secret).at(time.time() + 30)
+    bundle = tmp_path / "audit.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "kura.cli", "audit", "export", "--config",
+         str(appliance.config_path), "--user", sa.username, "--totp", code, "-o", str(bundle)],
+        capture_output=True, text=True, env={**os.environ, "KURA_PASSWORD": sa.password},
+        timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "entries" in done.stdout and bundle.exists()
+    verified = kura("audit", "verify", str(bundle))
+    assert verified.returncode == 0, verified.stdout
+    assert verified.stdout.startswith("OK:")
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "kura.cli", "audit", "export", "--config",
+         str(appliance.config_path), "--user", sa.username, "-o", str(tmp_path / "x")],
+        capture_output=True, text=True, env={**os.environ, "KURA_PASSWORD": "wrong"},
+        timeout=60, check=False,
+    )
+    assert wrong.returncode == 1
+    assert "Traceback" not in wrong.stderr and "password" in wrong.stderr.lower()
+    assert not (tmp_path / "x").exists()
