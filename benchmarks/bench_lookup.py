@@ -7,6 +7,16 @@ with 32 concurrent clients, on a fresh appliance holding N imported subjects.
 - vault direct: the same operation on the vault's Unix socket
   (kura.console.vaultclient.VaultClient), to show what the console adds.
 
+Two ways to load it:
+
+- saturating (closed loop): each client sends its next lookup the moment the
+  answer comes; throughput is then the appliance's capacity and, by Little's
+  law, latency is clients / throughput, whatever the per-request cost;
+- paced (open loop, ``--paced``): 32 clients between them offer a steady rate
+  (e.g. 300 lookups/s), each lookup due at its own time and timed from then,
+  so a late answer also counts the wait behind it; this is the latency a
+  user sees at that load.
+
 Every lookup is a real one: a random registered number, answered with one
 subject (number masked) after its audit entry has committed. The client runs
 on the same machine as the appliance and takes its share of the cores.
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import sys
 import time
@@ -54,6 +65,7 @@ Lookup = Callable[[str], Awaitable[bool]]
 class Result:
     path: str
     clients: int
+    offered: float | None  # lookups/s offered when paced; None when saturating
     requests: int
     errors: int
     seconds: float
@@ -69,12 +81,20 @@ class Result:
 
 
 async def drive(
-    lookup: Lookup, numbers: Sequence[str], clients: int, count: int, seed: int
+    lookup: Lookup,
+    numbers: Sequence[str],
+    clients: int,
+    count: int,
+    seed: int,
+    rate: float | None = None,
 ) -> tuple[int, float, list[float]]:
     """``count`` lookups of random registered numbers by ``clients`` concurrent
-    workers, each sending its next request as soon as its answer came."""
+    workers. Without ``rate`` each worker sends its next request as soon as its
+    answer came; with it, lookup k is due at k / rate seconds (worker k mod
+    clients sends it) and its latency runs from then, not from when it was sent."""
     rng = random.Random(seed)
-    todo = iter([rng.choice(numbers) for _ in range(count)])
+    picks = [rng.choice(numbers) for _ in range(count)]
+    todo = iter(picks)
     latencies: list[float] = []
     errors = 0
 
@@ -86,13 +106,34 @@ async def drive(
             latencies.append(time.perf_counter() - start)
             errors += not ok
 
+    async def paced_worker(first: int, start: float, interval: float) -> None:
+        nonlocal errors
+        for k in range(first, count, clients):
+            due = start + k * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            ok = await lookup(picks[k])
+            latencies.append(time.perf_counter() - due)
+            errors += not ok
+
     watch = Stopwatch()
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    if rate is None:
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    else:
+        begin = time.perf_counter() + 0.05
+        await asyncio.gather(*(paced_worker(i, begin, 1 / rate) for i in range(clients)))
     return errors, watch.elapsed, sorted(latencies)
 
 
 async def lookup_http(
-    app: LocalAppliance, token: str, numbers: Sequence[str], clients: int, count: int, seed: int = 1
+    app: LocalAppliance,
+    token: str,
+    numbers: Sequence[str],
+    clients: int,
+    count: int,
+    seed: int = 1,
+    rate: float | None = None,
 ) -> Result:
     connector = aiohttp.TCPConnector(ssl=tls_context(app), limit=clients)
     headers = {"Authorization": f"Bearer {token}"}
@@ -105,12 +146,18 @@ async def lookup_http(
                 return response.status == 200 and len(body["subjects"]) == 1
 
         await drive(lookup, numbers, clients, min(WARM_UP, count), seed + 1000)
-        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed)
-    return Result("HTTPS (console)", clients, count, errors, seconds, latencies)
+        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed, rate)
+    return Result("HTTPS (console)", clients, rate, count, errors, seconds, latencies)
 
 
 async def lookup_vault(
-    app: LocalAppliance, token: str, numbers: Sequence[str], clients: int, count: int, seed: int = 1
+    app: LocalAppliance,
+    token: str,
+    numbers: Sequence[str],
+    clients: int,
+    count: int,
+    seed: int = 1,
+    rate: float | None = None,
 ) -> Result:
     vault = VaultClient(app.socket, clients)
 
@@ -123,10 +170,10 @@ async def lookup_vault(
 
     try:
         await drive(lookup, numbers, clients, min(WARM_UP, count), seed + 1000)
-        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed)
+        errors, seconds, latencies = await drive(lookup, numbers, clients, count, seed, rate)
     finally:
         await vault.close()
-    return Result("vault direct (socket)", clients, count, errors, seconds, latencies)
+    return Result("vault direct (socket)", clients, rate, count, errors, seconds, latencies)
 
 
 async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Result]:
@@ -135,18 +182,29 @@ async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Result]:
     print(f"  importing {len(rows):,} subjects…", file=sys.stderr, flush=True)
     await import_socket(app, token, rows, 10_000)
     numbers = [r["number"] for r in rows]
+    del rows
+    # The generated subjects are a few hundred thousand objects: keep the
+    # client's garbage collector from walking them in the middle of a run.
+    gc.collect()
+    gc.freeze()
     results = []
     meter = CpuMeter(app)
     for path in args.paths.split(","):
         run = {"http": lookup_http, "vault": lookup_vault}.get(path)
         if run is None:
             raise SystemExit(f"unknown path {path!r}")
-        for clients, count in ((1, args.single), (args.clients, args.concurrent)):
+        loads: list[tuple[int, int, float | None]] = [
+            (1, args.single, None),
+            (args.clients, args.concurrent, None),
+        ]
+        loads += [(args.clients, round(r * args.paced_seconds), r) for r in paced(args)]
+        for clients, count, rate in loads:
             meter.start()
-            result = await run(app, token, numbers, clients, count, args.seed)
+            result = await run(app, token, numbers, clients, count, args.seed, rate)
             result = replace(result, cpu=meter.stop())
             print(
-                f"  {result.path}, {clients} client(s): p99 {result.ms(99):.1f} ms",
+                f"  {result.path}, {clients} client(s), {load_name(result)}:"
+                f" p99 {result.ms(99):.1f} ms",
                 file=sys.stderr,
                 flush=True,
             )
@@ -154,14 +212,42 @@ async def bench(app: LocalAppliance, args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def paced(args: argparse.Namespace) -> list[float]:
+    return [float(r) for r in args.paced.split(",") if r.strip()]
+
+
+def load_name(r: Result) -> str:
+    return "saturating" if r.offered is None else f"paced {r.offered:,.0f}/s"
+
+
 def report(results: Sequence[Result], args: argparse.Namespace) -> bool:
     print(f"\nLookup by number among {args.subjects:,} subjects, on {machine()}")
     print()
     print(
         table(
-            ("path", "clients", "requests", "errors", "p50 ms", "p99 ms", "max ms", "lookups/s"),
+            (
+                "path",
+                "clients",
+                "load",
+                "requests",
+                "errors",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "lookups/s",
+            ),
             [
-                (r.path, r.clients, r.requests, r.errors, r.ms(50), r.ms(99), r.ms(100), r.rate)
+                (
+                    r.path,
+                    r.clients,
+                    load_name(r),
+                    r.requests,
+                    r.errors,
+                    r.ms(50),
+                    r.ms(99),
+                    r.ms(100),
+                    r.rate,
+                )
                 for r in results
             ],
         )
@@ -169,10 +255,10 @@ def report(results: Sequence[Result], args: argparse.Namespace) -> bool:
     print()
     for r in results:
         warm = r.requests + min(WARM_UP, r.requests)
-        print(f"{r.path}, {r.clients} client(s): {cpu_line(r.cpu, warm, 'lookup')}")
+        print(f"{r.path}, {r.clients}, {load_name(r)}: {cpu_line(r.cpu, warm, 'lookup')}")
     checks = [
         Check(
-            f"lookup p99, HTTPS, {r.clients} clients",
+            f"lookup p99, HTTPS, {r.clients} clients, {load_name(r)}",
             f"<= {TARGET_P99_MS:.0f} ms",
             f"{r.ms(99):.1f} ms",
             r.ms(99) <= TARGET_P99_MS and not r.errors,
@@ -214,8 +300,26 @@ def main(argv: list[str] | None = None) -> int:
         default="http,vault",
         help="what to measure, in order: http, vault (default http,vault)",
     )
+    parser.add_argument(
+        "--paced",
+        default="100,200,300,400",
+        help="offered rates (lookups/s, comma-separated) for paced runs with --clients "
+        "clients; empty for none (default 100,200,300,400)",
+    )
+    parser.add_argument(
+        "--paced-seconds",
+        type=float,
+        default=10.0,
+        help="how long each paced run lasts (default 10 s)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed for subjects and lookups")
     args = parser.parse_args(argv)
+    try:
+        rates = paced(args)
+    except ValueError:
+        parser.error("--paced takes rates such as 100,200,300")
+    if any(not 1 <= r * args.paced_seconds <= 100_000 for r in rates):
+        parser.error("each paced run must be 1..100,000 requests (rate x --paced-seconds)")
     if not 1 <= args.subjects <= 1_000_000:
         parser.error("--subjects must be 1..1,000,000")
     if not (1 <= args.single <= 100_000 and 1 <= args.concurrent <= 100_000):

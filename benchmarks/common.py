@@ -206,13 +206,17 @@ def machine() -> str:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of one process (0 if it has gone)."""
+def _cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User plus system CPU time of one process (0 if it has gone), and with
+    ``reaped`` that of its children that have exited."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
 
 
 def _children(pid: int) -> list[int]:
@@ -230,8 +234,8 @@ def _children(pid: int) -> list[int]:
 
 class CpuMeter:
     """CPU time spent by each part while a benchmark runs: this client, kura-console,
-    kura-vault and PostgreSQL (the postmaster and its backends). A backend that
-    exits during the run takes its time with it, so the pools must stay open."""
+    kura-vault and PostgreSQL (the postmaster and its backends, including those
+    that exited, which the postmaster has reaped)."""
 
     def __init__(self, app: LocalAppliance) -> None:
         self.app = app
@@ -243,13 +247,15 @@ class CpuMeter:
             "client": _cpu_seconds(os.getpid()),
             "console": _cpu_seconds(self.app.procs["console"].pid),
             "vault": _cpu_seconds(self.app.procs["vault"].pid),
-            "postgres": sum(_cpu_seconds(p) for p in [postmaster, *_children(postmaster)]),
+            "postgres": _cpu_seconds(postmaster, reaped=True)
+            + sum(_cpu_seconds(p) for p in _children(postmaster)),
         }
 
     def start(self) -> None:
         self.before = self._sample()
 
     def stop(self) -> dict[str, float]:
+        time.sleep(0.2)  # a backend that just exited is reaped by the postmaster
         after = self._sample()
         return {k: after[k] - self.before[k] for k in after}
 

@@ -417,7 +417,10 @@ def test_no_number_anywhere_on_the_disk(stolen_disk: StolenDisk) -> None:
     witness = [h for h in scan.hits if h.number == disk.control]
     where = {(Path(h.path).relative_to(disk.datadir).parts[0], h.spelling) for h in witness}
     for spelling in ("ascii", "4-4-4 ascii", "full-width utf-8"):
-        assert {("base", spelling), ("pg_wal", spelling)} <= where, spelling
+        assert ("base", spelling) in where, spelling
+    # A WAL record may be cut by a WAL page header, so one spelling seen whole
+    # in pg_wal is enough to show that the log itself was read.
+    assert any(part == "pg_wal" for part, _ in where), where
     # ...and nothing else is found anywhere.
     leaks = [h for h in scan.hits if h.number != disk.control]
     assert not leaks, "numbers on disk:\n" + "\n".join(str(h) for h in leaks[:20])

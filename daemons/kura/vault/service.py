@@ -26,7 +26,7 @@ import logging
 import secrets
 import string
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -782,7 +782,11 @@ class Vault:
         }
 
     def _sealed_row(
-        self, subject: subjects.SubjectInput, employee_id: uuid.UUID | None, actor: str
+        self,
+        subject: subjects.SubjectInput,
+        employee_id: uuid.UUID | None,
+        actor: str,
+        bidx: bytes | None = None,  # the number's blind index, when already made
     ) -> dict[str, Any]:
         keys = self._keys()
         sid = str(uuid.uuid4())
@@ -800,7 +804,7 @@ class Vault:
             "kek_version": version,
             "wrapped_key": wrapped,
             "number_ct": dk.encrypt("number", subject.number.encode()),
-            "number_bidx": keys.blind_index("my_number", subject.number),
+            "number_bidx": bidx or keys.blind_index("my_number", subject.number),
             "created_by": actor,
         }
 
@@ -1042,48 +1046,55 @@ class Vault:
             employees = await tx.employee_ids(
                 [r.subject.employee_code for r in batch if r.subject.kind == "dependent"]
             )
-            rows = []
-            for record, bidx in zip(batch, bidxs, strict=True):
-                s = record.subject
-                employee_id = None
-                if s.kind == "dependent":
-                    employee_id = employees.get(s.employee_code)
-                    if employee_id is None:
-                        rejections.append(
-                            _reject(
-                                record.line,
-                                "employee_code",
-                                NotFound(
-                                    "no employee with that code", "その社員コードの社員がいません。"
-                                ),
+            created = 0
+
+            def sealed_rows() -> Iterator[list[Any]]:
+                # Sealed one by one as COPY takes them, so that PostgreSQL stores
+                # the first rows while the vault still encrypts the next ones.
+                nonlocal created, existing
+                for record, bidx in zip(batch, bidxs, strict=True):
+                    s = record.subject
+                    employee_id = None
+                    if s.kind == "dependent":
+                        employee_id = employees.get(s.employee_code)
+                        if employee_id is None:
+                            rejections.append(
+                                _reject(
+                                    record.line,
+                                    "employee_code",
+                                    NotFound(
+                                        "no employee with that code",
+                                        "その社員コードの社員がいません。",
+                                    ),
+                                )
                             )
-                        )
+                            continue
+                    same_code = None if s.kind == "dependent" else by_code.get((s.kind, s.code))
+                    try:
+                        if _already_registered(s, employee_id, by_bidx.get(bidx), same_code):
+                            existing += 1
+                            continue
+                    except KuraError as exc:
+                        field = "number" if isinstance(exc, DuplicateNumber) else "code"
+                        rejections.append(_reject(record.line, field, exc))
                         continue
-                same_code = None if s.kind == "dependent" else by_code.get((s.kind, s.code))
-                try:
-                    if _already_registered(s, employee_id, by_bidx.get(bidx), same_code):
-                        existing += 1
-                        continue
-                except KuraError as exc:
-                    field = "number" if isinstance(exc, DuplicateNumber) else "code"
-                    rejections.append(_reject(record.line, field, exc))
-                    continue
-                values = self._sealed_row(s, employee_id, caller.actor)
-                if s.kind == "employee":
-                    employees[s.code] = uuid.UUID(values["id"])
-                by_code[(s.kind, s.code)] = values
-                by_bidx[bidx] = values
-                rows.append([values[c] for c in _COPY])
-            if rows:
-                await tx.copy_subjects(rows)
+                    values = self._sealed_row(s, employee_id, caller.actor, bidx)
+                    if s.kind == "employee":
+                        employees[s.code] = uuid.UUID(values["id"])
+                    by_code[(s.kind, s.code)] = values
+                    by_bidx[bidx] = values
+                    created += 1
+                    yield [values[c] for c in _COPY]
+
+            await tx.copy_subjects(sealed_rows())
             await tx.append_audit(
                 actor=caller.actor,
                 role=caller.role,
                 action="subject.import",
                 client=caller.client,
-                detail={"created": len(rows), "existing": existing, "rejected": len(rejections)},
+                detail={"created": created, "existing": existing, "rejected": len(rejections)},
             )
-        return len(rows), existing, rejections
+        return created, existing, rejections
 
     async def subject_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         purpose = args["purpose"]
