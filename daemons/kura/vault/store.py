@@ -138,16 +138,11 @@ class Tx:
         if not cur.nextset():  # the second statement's result: the head
             raise RuntimeError("the audit head query returned no result")
         head = await cur.fetchone()
-        seq = int(head["seq"]) + 1 if head else 1
-        prev = bytes(head["hash"]) if head else audit.GENESIS
-        at = datetime.now(UTC)
-        facts = dict(detail or {})
-        digest = audit.chain_hash(
-            prev, seq, at, actor, role, action, outcome, target, purpose, client, facts
-        )
-        entry = audit.AuditEntry(
-            seq=seq,
-            at=at,
+        prev = audit.ChainHead(int(head["seq"]), bytes(head["hash"])) if head else None
+        # make_entry refuses anything that looks like a My Number.
+        entry = audit.make_entry(
+            prev,
+            at=datetime.now(UTC),
             actor=actor,
             role=role,
             action=action,
@@ -155,17 +150,14 @@ class Tx:
             target=target,
             purpose=purpose,
             client=client,
-            detail=facts,
-            prev_hash=prev,
-            hash=digest,
+            detail=detail,
         )
-        audit.refuse_numbers(entry)
         await self.conn.execute(
             "INSERT INTO audit (seq, at, actor, role, action, outcome, target, purpose, client,"
             " detail, prev_hash, hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (
-                seq,
-                at,
+                entry.seq,
+                entry.at,
                 actor,
                 role,
                 action,
@@ -173,9 +165,9 @@ class Tx:
                 target,
                 purpose,
                 client,
-                json.dumps(facts, ensure_ascii=False),
-                prev,
-                digest,
+                json.dumps(entry.detail, ensure_ascii=False, default=dict),
+                entry.prev_hash,
+                entry.hash,
             ),
         )
         return entry

@@ -1,0 +1,395 @@
+"""Accounts, sign-in and the security policy: the operations of sessions
+(log in and out, change a password, enrol TOTP), of the DA (users) and of the
+SA (policy)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+from kura.core import accounts
+from kura.core.errors import (
+    AccountLocked,
+    Conflict,
+    LoginFailed,
+    NotFound,
+)
+from kura.core.purposes import CATALOGUE
+from kura.core.roles import Role
+from kura.vault.base import Caller, Session, VaultBase, jsonable, one_time_password, safe_actor_name
+from kura.vault.store import Row
+
+log = logging.getLogger("kura.vault")
+
+
+class AccountOperations(VaultBase):
+    async def bootstrap_da(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        password = args.get("password") or one_time_password()
+        accounts.check_new_password(self.policy, password, args["username"], [])
+        hashed = await asyncio.to_thread(accounts.hash_password, password)
+        async with self.store.transaction() as tx:
+            await tx.conn.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+            if await tx.count_users():
+                raise Conflict("accounts already exist", "アカウントは既に存在します。")
+            await tx.insert_user(args["username"], "DA", "Appliance Admin", hashed)
+            await tx.append_audit(
+                actor="-",
+                role="",
+                action="user.create",
+                target=args["username"],
+                client=caller.client,
+                detail={"role": "DA", "first": True},
+            )
+        return {"username": args["username"], "password": password, "must_change_password": True}
+
+    async def login(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        username, now = args["username"], self.clock()
+        async with self.store.transaction() as tx:
+            user = await tx.user_by_name(username)
+        if user is None or user["disabled"]:
+            await asyncio.to_thread(accounts.verify_password, args["password"], accounts.DUMMY_HASH)
+            await self._audit_login(caller, safe_actor_name(username), "", "denied", "unknown_user")
+            raise LoginFailed()
+        if user["locked_until"] and user["locked_until"] > now:
+            await self._audit_login(caller, username, user["role"], "denied", "locked")
+            raise AccountLocked(until=user["locked_until"].isoformat())
+        good = await asyncio.to_thread(
+            accounts.verify_password, args["password"], user["password_hash"]
+        )
+        role = Role(user["role"])
+        totp_step: int | None = None
+        if good and user["totp_secret_ct"] is not None and accounts.mfa_required(self.policy, role):
+            code = args.get("totp", "")
+            if not code:
+                await self._audit_login(caller, username, role, "denied", "totp_missing")
+                raise LoginFailed(
+                    "enter the code from your authenticator app",
+                    "認証アプリの確認コードを入力してください。",
+                    totp_required=True,
+                )
+            secret = self._open_totp(user, "totp_secret_ct")
+            totp_step = accounts.totp_verify(secret, code, now, user["totp_last_step"])
+            good = totp_step is not None
+        async with self.store.transaction() as tx:
+            locked = await tx.user_by_name(username, lock=True)
+            assert locked is not None
+            if not good:
+                failures = int(locked["failed_logins"]) + 1
+                until = accounts.lockout_until(self.policy, failures, now)
+                await tx.record_login_failure(locked["id"], failures, until)
+                await tx.append_audit(
+                    actor=username,
+                    role=str(role),
+                    action="login",
+                    outcome="denied",
+                    client=caller.client,
+                    detail={
+                        "reason": "bad_credentials",
+                        "failures": failures,
+                        "locked": bool(until),
+                    },
+                )
+            else:
+                await tx.record_login_success(locked["id"])
+                if totp_step is not None:
+                    await tx.run(
+                        "UPDATE users SET totp_last_step = %s WHERE id = %s",
+                        (totp_step, locked["id"]),
+                    )
+                token, digest = accounts.new_session_token()
+                mfa_done = totp_step is not None
+                row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done, now)
+                await tx.append_audit(
+                    actor=username,
+                    role=str(role),
+                    action="login",
+                    client=caller.client,
+                    detail={"mfa": mfa_done},
+                )
+        if not good:
+            if until:
+                raise AccountLocked(until=until.isoformat())
+            raise LoginFailed()
+        restriction = self._restriction(locked, mfa_done)
+        session = Session(
+            digest=digest,
+            user_id=int(locked["id"]),
+            username=username,
+            role=role,
+            created=row["created_at"],
+            last_seen=now,
+            stored_seen=row["last_seen"],
+            restriction=restriction,
+        )
+        self.sessions[digest] = session
+        return {
+            "token": token,
+            "username": username,
+            "role": str(role),
+            "must_change_password": restriction == "password",
+            "mfa_setup_required": restriction == "mfa",
+            "idle_minutes": self.policy.session_idle_minutes,
+        }
+
+    async def _audit_login(
+        self, caller: Caller, actor: str, role: str, outcome: str, reason: str
+    ) -> None:
+        async with self.store.transaction() as tx:
+            await tx.append_audit(
+                actor=actor,
+                role=str(role),
+                action="login",
+                outcome=outcome,
+                client=caller.client,
+                detail={"reason": reason},
+            )
+
+    async def logout(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        assert caller.session
+        self.sessions.pop(caller.session.digest, None)
+        async with self.store.transaction() as tx:
+            await tx.delete_session(caller.session.digest)
+            await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="logout", client=caller.client
+            )
+        return {"signed_out": True}
+
+    async def whoami(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        assert caller.session
+        s = caller.session
+        return {
+            "username": s.username,
+            "role": str(s.role),
+            "must_change_password": s.restriction == "password",
+            "mfa_setup_required": s.restriction == "mfa",
+        }
+
+    async def change_password(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        assert caller.session
+        s = caller.session
+        async with self.store.transaction() as tx:
+            user = await tx.user_by_id(s.user_id)
+            history = await tx.password_history(s.user_id, self.policy.history)
+        assert user is not None
+        if not await asyncio.to_thread(
+            accounts.verify_password, args["current_password"], user["password_hash"]
+        ):
+            await self._audit_login(caller, s.username, str(s.role), "denied", "wrong_password")
+            raise LoginFailed(
+                "the current password is wrong", "現在のパスワードが正しくありません。"
+            )
+        new = args["new_password"]
+        await asyncio.to_thread(accounts.check_new_password, self.policy, new, s.username, history)
+        hashed = await asyncio.to_thread(accounts.hash_password, new)
+        async with self.store.transaction() as tx:
+            await tx.set_password(s.user_id, hashed, must_change=False)
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.password",
+                target=s.username,
+                client=caller.client,
+            )
+            user = await tx.user_by_id(s.user_id)
+            session_row = await tx.session(s.digest)
+        assert user is not None and session_row is not None
+        self.sessions[s.digest] = replace(
+            s, restriction=self._restriction(user, bool(session_row["mfa_done"]))
+        )
+        return await self.whoami(replace(caller, session=self.sessions[s.digest]), {})
+
+    def _open_totp(self, user: Row, column: str) -> str:
+        keys = self._keys()
+        dk = keys.open_data_key(
+            f"user:{user['id']}", user["totp_kek_version"], bytes(user["totp_wrapped_key"])
+        )
+        return dk.decrypt(column, bytes(user[column])).decode()
+
+    async def totp_begin(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        assert caller.session
+        s, keys = caller.session, self._keys()
+        secret = accounts.new_totp_secret()
+        dk, version, wrapped = keys.new_data_key(f"user:{s.user_id}")
+        async with self.store.transaction() as tx:
+            await tx.run(
+                "UPDATE users SET totp_kek_version = %s, totp_wrapped_key = %s,"
+                " totp_pending_ct = %s, totp_secret_ct = CASE WHEN totp_secret_ct IS NULL"
+                " THEN NULL ELSE totp_secret_ct END WHERE id = %s",
+                (version, wrapped, dk.encrypt("totp_pending_ct", secret.encode()), s.user_id),
+            )
+            user = await tx.user_by_id(s.user_id)
+            assert user is not None
+            if user["totp_secret_ct"] is not None:
+                raise Conflict(
+                    "a second factor is already set up; ask a DA to reset it",
+                    "二要素認証は設定済みです。リセットはアプライアンス管理者に依頼してください。",
+                )
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.totp_begin",
+                target=s.username,
+                client=caller.client,
+            )
+        return {"secret": secret, "uri": accounts.totp_uri(secret, s.username)}
+
+    async def totp_confirm(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        assert caller.session
+        s = caller.session
+        async with self.store.transaction() as tx:
+            user = await tx.user_by_id(s.user_id)
+            assert user is not None
+            if user["totp_pending_ct"] is None:
+                raise Conflict("start the set-up first", "先に設定を開始してください。")
+            secret = self._open_totp(user, "totp_pending_ct")
+            step = accounts.totp_verify(secret, args["code"], self.clock(), None)
+            if step is None:
+                raise LoginFailed("the code does not match", "確認コードが一致しません。")
+            keys = self._keys()
+            dk = keys.open_data_key(
+                f"user:{s.user_id}", user["totp_kek_version"], bytes(user["totp_wrapped_key"])
+            )
+            await tx.run(
+                "UPDATE users SET totp_secret_ct = %s, totp_pending_ct = NULL,"
+                " totp_last_step = %s WHERE id = %s",
+                (dk.encrypt("totp_secret_ct", secret.encode()), step, s.user_id),
+            )
+            await tx.run("UPDATE sessions SET mfa_done = true WHERE token_digest = %s", (s.digest,))
+            await tx.append_audit(
+                actor=s.username,
+                role=str(s.role),
+                action="user.totp_enrol",
+                target=s.username,
+                client=caller.client,
+            )
+            user = await tx.user_by_id(s.user_id)
+        assert user is not None
+        self.sessions[s.digest] = replace(s, restriction=self._restriction(user, True))
+        return await self.whoami(replace(caller, session=self.sessions[s.digest]), {})
+
+    async def purposes(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        return {"purposes": [{"code": p.code, "ja": p.ja, "en": p.en} for p in CATALOGUE]}
+
+    async def user_create(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        password = one_time_password()
+        hashed = await asyncio.to_thread(accounts.hash_password, password)
+        async with self.store.transaction() as tx:
+            if await tx.user_by_name(args["username"]):
+                raise Conflict("that user name is taken", "そのユーザー名は使われています。")
+            await tx.insert_user(
+                args["username"], args["role"], args.get("display_name", ""), hashed
+            )
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.create",
+                target=args["username"],
+                client=caller.client,
+                detail={"role": args["role"]},
+            )
+        return {
+            "username": args["username"],
+            "role": args["role"],
+            "password": password,
+            "must_change_password": True,
+        }
+
+    async def user_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            rows = await tx.all(
+                "SELECT username, display_name, role, disabled, must_change_password,"
+                " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
+                " FROM users ORDER BY username"
+            )
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
+        return {"users": [jsonable(r) for r in rows]}
+
+    async def user_update(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        changes = {k: args[k] for k in ("role", "disabled", "display_name") if k in args}
+        async with self.store.transaction() as tx:
+            user = await tx.user_by_name(args["username"], lock=True)
+            if user is None:
+                raise NotFound()
+            if user["id"] == (caller.session.user_id if caller.session else None) and (
+                changes.get("disabled") or changes.get("role", "DA") != "DA"
+            ):
+                raise Conflict(
+                    "you cannot disable or demote yourself",
+                    "自分自身を無効化・降格することはできません。",
+                )
+            if changes:
+                sets = ", ".join(f"{k} = %s" for k in changes)
+                await tx.run(
+                    f"UPDATE users SET {sets} WHERE id = %s", [*changes.values(), user["id"]]
+                )
+            if "role" in changes or changes.get("disabled"):
+                await tx.delete_user_sessions(user["id"])
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.update",
+                target=args["username"],
+                client=caller.client,
+                detail={k: v for k, v in changes.items() if k != "display_name"},
+            )
+        self._forget_user_sessions(int(user["id"]))
+        return {"username": args["username"], **changes}
+
+    async def user_reset_password(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        password = one_time_password()
+        hashed = await asyncio.to_thread(accounts.hash_password, password)
+        async with self.store.transaction() as tx:
+            user = await tx.user_by_name(args["username"], lock=True)
+            if user is None:
+                raise NotFound()
+            await tx.set_password(user["id"], hashed, must_change=True)
+            if args.get("reset_totp"):
+                await tx.run(
+                    "UPDATE users SET totp_secret_ct = NULL, totp_pending_ct = NULL,"
+                    " totp_last_step = NULL WHERE id = %s",
+                    (user["id"],),
+                )
+            await tx.delete_user_sessions(user["id"])
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="user.reset_password",
+                target=args["username"],
+                client=caller.client,
+                detail={"reset_totp": bool(args.get("reset_totp"))},
+            )
+        self._forget_user_sessions(int(user["id"]))
+        return {"username": args["username"], "password": password, "must_change_password": True}
+
+    # --- policy ----------------------------------------------------------------
+
+    async def policy_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="policy.get", client=caller.client
+            )
+        return {"policy": self.policy.to_json()}
+
+    async def policy_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        new = accounts.SecurityPolicy.from_json(args["policy"], base=self.policy)
+        old = self.policy.to_json()
+        async with self.store.transaction() as tx:
+            await tx.set_setting("policy", new.to_json())
+            changed = sorted(k for k, v in new.to_json().items() if old.get(k) != v)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="policy.set",
+                client=caller.client,
+                detail={"changed": changed},
+            )
+        self.policy = new
+        return {"policy": new.to_json()}

@@ -1,0 +1,157 @@
+"""What every part of the vault shares: its state (keys, seal, policy,
+sessions), who is calling, and small helpers. The operations live in
+``accounts``, ``subjects`` and ``oversight``; ``service.Vault`` puts them
+together behind one dispatcher."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from kura.config import Config
+from kura.core import accounts, audit
+from kura.core.errors import (
+    BadRequest,
+    VaultSealed,
+)
+from kura.core.keys import KeyHierarchy
+from kura.core.roles import Role
+from kura.vault import sealing
+from kura.vault.store import Row, Store
+
+log = logging.getLogger("kura.vault")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Session:
+    digest: bytes
+    user_id: int
+    username: str
+    role: Role
+    created: datetime
+    last_seen: datetime
+    stored_seen: datetime
+    restriction: str | None  # "password" | "mfa" | None
+
+
+@dataclass(frozen=True)
+class Caller:
+    client: str
+    peer_uid: int
+    session: Session | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.session.username if self.session else "-"
+
+    @property
+    def role(self) -> str:
+        return str(self.session.role) if self.session else ""
+
+
+Handler = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def safe_actor_name(text: str) -> str:
+    """A user-typed name for the audit log: a number typed by mistake into the
+    user-name field must not end up there."""
+    return "(invalid)" if audit.looks_like_my_number(text) else text[:64]
+
+
+def one_time_password() -> str:
+    """A password that meets the default policy: 20 characters of four classes."""
+    alphabet = string.ascii_letters + string.digits
+    core = "".join(secrets.choice(alphabet) for _ in range(16))
+    return (
+        core
+        + secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ")
+        + secrets.choice("abcdefghijkmnopqrstuvwxyz")
+        + secrets.choice("23456789")
+        + secrets.choice("-_.!")
+    )
+
+
+class VaultBase:
+    """The vault's state; the operation classes build on it."""
+
+    def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.keys: KeyHierarchy | None = None
+        self.seal: sealing.SealInfo | None = None
+        self.collector: sealing.ShareCollector | None = None
+        self.policy = accounts.SecurityPolicy()
+        self.sessions: dict[bytes, Session] = {}
+
+    @property
+    def sealed(self) -> bool:
+        return self.keys is None
+
+    def _keys(self) -> KeyHierarchy:
+        if self.keys is None:
+            raise VaultSealed()
+        return self.keys
+
+    def _restriction(self, user: Row, mfa_done: bool) -> str | None:
+        role = Role(user["role"])
+        if user["must_change_password"] or accounts.password_expired(
+            self.policy, user["password_changed_at"], self.clock()
+        ):
+            return "password"
+        if accounts.mfa_required(self.policy, role) and not mfa_done:
+            return "mfa"
+        return None
+
+    def _forget_user_sessions(self, user_id: int) -> None:
+        for digest, s in list(self.sessions.items()):
+            if s.user_id == user_id:
+                del self.sessions[digest]
+
+
+def own_uid() -> int:
+    import os
+
+    return os.geteuid()
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequest(
+            f"{field}: not a date-time (ISO 8601)",
+            f"{field}: 日時（ISO 8601）ではありません。",
+            field=field,
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, datetime | date):
+            out[k] = v.isoformat()
+        elif isinstance(v, uuid.UUID):
+            out[k] = str(v)
+        elif isinstance(v, bytes | memoryview):
+            out[k] = bytes(v).hex()
+        elif isinstance(v, timedelta):
+            out[k] = v.total_seconds()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,124 @@
+"""The audit log (search, checkpoints, export bundles) and the keyring
+(rotation, re-wrapping data keys)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import Any
+
+from kura.core import audit
+from kura.vault.base import Caller, VaultBase, jsonable, parse_time
+
+log = logging.getLogger("kura.vault")
+
+
+class OversightOperations(VaultBase):
+    async def audit_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            rows = await tx.search_audit(
+                args.get("actor"),
+                args.get("action"),
+                parse_time(args.get("since"), "since"),
+                parse_time(args.get("until"), "until"),
+                args.get("offset", 0),
+                args.get("limit", 100),
+            )
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="audit.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
+        return {"entries": [jsonable(r) for r in rows]}
+
+    async def checkpoint(self, force: bool = False) -> audit.Checkpoint | None:
+        """Sign the head of the chain when it has moved and either enough entries
+        (``checkpoint_entries``) or enough time (``checkpoint_seconds``) passed
+        since the last checkpoint, or when ``force`` is set (at shutdown)."""
+        keys = self.keys
+        if keys is None:
+            return None
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            head = await tx.audit_head()
+            last = await tx.last_checkpoint()
+            if head is None:
+                return None
+            seq = int(head["seq"])
+            last_seq = int(last["seq"]) if last else 0
+            if seq <= last_seq:
+                return None
+            due = (
+                force
+                or last is None
+                or seq - last_seq >= self.config.vault.checkpoint_entries
+                or (now - last["at"]).total_seconds() >= self.config.vault.checkpoint_seconds
+            )
+            if not due:
+                return None
+            cp = audit.sign_checkpoint(keys.audit_signing_key, seq, bytes(head["hash"]), now)
+            await tx.insert_checkpoint(cp)
+        return cp
+
+    async def audit_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        keys = self._keys()
+        async with self.store.transaction() as tx:
+            entry = await tx.append_audit(
+                actor=caller.actor, role=caller.role, action="audit.export", client=caller.client
+            )
+        async with self.store.transaction() as tx:
+            entries = await tx.audit_entries()
+            checkpoints = await tx.checkpoints()
+        final = audit.sign_checkpoint(
+            keys.audit_signing_key, entry.seq, entry.hash, self.clock(), final=True
+        )
+        bundle = b"".join(audit.bundle_lines(entries, checkpoints, final, self.config.appliance))
+        return {
+            "bundle": base64.b64encode(bundle).decode(),
+            "sha256": hashlib.sha256(bundle).hexdigest(),
+            "entries": len(entries),
+        }
+
+    async def keys_rotate(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        keys = self._keys()
+        version, wrapped = keys.rotate()
+        async with self.store.transaction() as tx:
+            await tx.add_keyring_version(version, wrapped)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="keys.rotate",
+                client=caller.client,
+                detail={"version": version},
+            )
+        rewrapped = 0
+        if args.get("rewrap"):
+            after: str | None = None
+            while True:
+                async with self.store.transaction() as tx:
+                    batch = await tx.subject_keys(after, 1000)
+                    moved = 0
+                    for r in batch:
+                        if r["kek_version"] == version:
+                            continue
+                        new_version, new_wrapped = keys.rewrap_data_key(
+                            str(r["id"]), r["kek_version"], bytes(r["wrapped_key"])
+                        )
+                        await tx.set_subject_key(r["id"], new_version, new_wrapped)
+                        moved += 1
+                    rewrapped += moved
+                    if moved:
+                        await tx.append_audit(
+                            actor=caller.actor,
+                            role=caller.role,
+                            action="keys.rewrap",
+                            client=caller.client,
+                            detail={"count": moved, "version": version},
+                        )
+                if len(batch) < 1000:
+                    break
+                after = str(batch[-1]["id"])
+        return {"version": version, "rewrapped": rewrapped}

@@ -1,0 +1,498 @@
+"""Subjects and their numbers: register, look up, list, reveal for a
+purpose, correct, bulk import and export for forms. A number is decrypted
+only to mask it, to reveal it for a declared purpose, or to export it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import hashlib
+import io
+import logging
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date
+from typing import Any
+
+import psycopg
+
+from kura.core import importer, numbers, subjects
+from kura.core.errors import (
+    BadRequest,
+    Conflict,
+    DuplicateNumber,
+    KuraError,
+    NotFound,
+    PurposeRequired,
+)
+from kura.core.purposes import BY_CODE
+from kura.vault.base import Caller, VaultBase
+from kura.vault.store import COPY_COLUMNS, Row
+
+log = logging.getLogger("kura.vault")
+
+IMPORT_BATCH = 2000  # rows per transaction: a crash loses at most one unacknowledged batch
+
+
+class SubjectOperations(VaultBase):
+    def _summary(self, row: Row) -> dict[str, Any]:
+        keys = self._keys()
+        sid = str(row["id"])
+        dk = keys.open_data_key(sid, row["kek_version"], bytes(row["wrapped_key"]))
+        number = dk.decrypt("number", bytes(row["number_ct"])).decode()
+        return {
+            "id": sid,
+            "kind": row["kind"],
+            "code": row["code"],
+            "name": row["name"],
+            "name_kana": row["name_kana"],
+            "number_masked": numbers.mask(number),
+            "employee_id": str(row["employee_id"]) if row["employee_id"] else None,
+            "birth_date": row["birth_date"].isoformat() if row["birth_date"] else None,
+            "purposes": list(row["purposes"]),
+            "retention_basis": row["retention_basis"],
+            "retention_event": row["retention_event"].isoformat()
+            if row["retention_event"]
+            else None,
+            "created_at": row["created_at"].isoformat(),
+        }
+
+    def _sealed_row(
+        self,
+        subject: subjects.SubjectInput,
+        employee_id: uuid.UUID | None,
+        actor: str,
+        bidx: bytes | None = None,  # the number's blind index, when already made
+    ) -> dict[str, Any]:
+        keys = self._keys()
+        sid = str(uuid.uuid4())
+        dk, version, wrapped = keys.new_data_key(sid)
+        return {
+            "id": sid,
+            "kind": subject.kind,
+            "code": subject.code,
+            "name": subject.name,
+            "name_kana": subject.name_kana,
+            "employee_id": employee_id,
+            "birth_date": subject.birth_date,
+            "purposes": list(subject.purposes),
+            "retention_basis": subject.retention_basis,
+            "kek_version": version,
+            "wrapped_key": wrapped,
+            "number_ct": dk.encrypt("number", subject.number.encode()),
+            "number_bidx": bidx or keys.blind_index("my_number", subject.number),
+            "created_by": actor,
+        }
+
+    async def subject_register(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        subject = subjects.subject_from_json(args)
+        keys = self._keys()
+        bidx = keys.blind_index("my_number", subject.number)
+        async with self.store.transaction() as tx:
+            employee_id = None
+            if subject.kind == "dependent":
+                employee = await tx.subject_by_code("employee", subject.employee_code)
+                if employee is None:
+                    raise NotFound(
+                        "no employee with that code",
+                        "その社員コードの社員がいません。",
+                        field="employee_code",
+                    )
+                employee_id = employee["id"]
+            same_number = await tx.subject_by_bidx(bidx)
+            same_code = (
+                None
+                if subject.kind == "dependent"
+                else await tx.subject_by_code(subject.kind, subject.code)
+            )
+            refusal: DuplicateNumber | None = None
+            try:
+                if _already_registered(subject, employee_id, same_number, same_code):
+                    assert same_number is not None
+                    return {"subject": self._summary(same_number), "created": False}
+            except DuplicateNumber as exc:
+                # Raised only after this transaction commits the refusal's record.
+                refusal = exc
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.register",
+                    outcome="denied",
+                    client=caller.client,
+                    detail={"reason": "duplicate_number"},
+                )
+            else:
+                values = self._sealed_row(subject, employee_id, caller.actor)
+                await tx.insert_subject(values)
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.register",
+                    target=values["id"],
+                    client=caller.client,
+                    detail={"kind": subject.kind},
+                )
+                row = await tx.subject(values["id"])
+        if refusal is not None:
+            raise refusal
+        assert row is not None
+        return {"subject": self._summary(row), "created": True}
+
+    async def subject_lookup(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        if ("number" in args) == ("code" in args):
+            raise BadRequest(
+                "give exactly one of number or code",
+                "番号またはコードのどちらか一方を指定してください。",
+            )
+        async with self.store.transaction() as tx:
+            if "number" in args:
+                number = numbers.parse_my_number(args["number"])
+                row = await tx.subject_by_bidx(self._keys().blind_index("my_number", number))
+                by = "number"
+            else:
+                row = await tx.subject_by_code(args.get("kind", "payee"), args["code"])
+                by = "code"
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.lookup",
+                target=str(row["id"]) if row else "",
+                client=caller.client,
+                detail={"by": by, "found": row is not None},
+            )
+        return {"subjects": [self._summary(row)] if row else []}
+
+    async def subject_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            row = await tx.subject(args["id"])
+            if row is None:
+                raise NotFound()
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.get",
+                target=args["id"],
+                client=caller.client,
+            )
+        return {"subject": self._summary(row)}
+
+    async def subject_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        offset, limit = args.get("offset", 0), args.get("limit", 50)
+        async with self.store.transaction() as tx:
+            rows = await tx.list_subjects(args.get("kind"), args.get("query"), offset, limit)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.list",
+                client=caller.client,
+                detail={"count": len(rows)},
+            )
+        return {"subjects": [self._summary(r) for r in rows], "offset": offset, "limit": limit}
+
+    async def subject_reveal(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        purpose = args["purpose"]
+        async with self.store.transaction() as tx:
+            row = await tx.subject(args["id"])
+            if row is None:
+                raise NotFound()
+            allowed = list(row["purposes"])
+            if purpose not in allowed:
+                # Raised only after this transaction commits the refusal's record.
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.reveal",
+                    outcome="denied",
+                    target=args["id"],
+                    purpose=_safe_purpose(purpose),
+                    client=caller.client,
+                    detail={"reason": "purpose"},
+                )
+            else:
+                dk = self._keys().open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
+                number = dk.decrypt("number", bytes(row["number_ct"])).decode()
+                await tx.append_audit(
+                    actor=caller.actor,
+                    role=caller.role,
+                    action="subject.reveal",
+                    target=args["id"],
+                    purpose=purpose,
+                    client=caller.client,
+                )
+        if purpose not in allowed:
+            raise PurposeRequired(allowed=allowed)
+        return {"id": args["id"], "number": number, "purpose": purpose}
+
+    async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        keys = self._keys()
+        async with self.store.transaction() as tx:
+            row = await tx.subject(args["id"], lock=True)
+            if row is None:
+                raise NotFound()
+            changes: dict[str, Any] = {}
+            for field in ("name", "name_kana"):
+                if field in args:
+                    changes[field] = subjects.clean_text_field(field, args[field])
+            if "purposes" in args:
+                unknown = [p for p in args["purposes"] if p not in BY_CODE]
+                if unknown or not args["purposes"]:
+                    raise BadRequest(
+                        "unknown or no purposes", "利用目的が正しくありません。", field="purposes"
+                    )
+                changes["purposes"] = list(dict.fromkeys(args["purposes"]))
+            if "retention_event" in args:
+                changes["retention_event"] = (
+                    _parse_date(args["retention_event"], "retention_event")
+                    if args["retention_event"]
+                    else None
+                )
+            if "number" in args:
+                number = numbers.parse_my_number(args["number"])
+                bidx = keys.blind_index("my_number", number)
+                other = await tx.subject_by_bidx(bidx)
+                if other is not None and other["id"] != row["id"]:
+                    raise DuplicateNumber()
+                dk = keys.open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
+                changes["number_ct"] = dk.encrypt("number", number.encode())
+                changes["number_bidx"] = bidx
+            if changes:
+                await tx.update_subject(args["id"], changes)
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.correct",
+                target=args["id"],
+                client=caller.client,
+                detail={"fields": sorted(k for k in changes if k != "number_bidx")},
+            )
+            row = await tx.subject(args["id"])
+        assert row is not None
+        return {"subject": self._summary(row)}
+
+    async def subject_import(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        if "csv" in args:
+            try:
+                raw = base64.b64decode(args["csv"], validate=True)
+            except ValueError as exc:
+                raise BadRequest("csv must be base64", "csv は base64 で送ってください。") from exc
+            parsed = importer.parse_csv(raw)
+        else:
+            parsed = importer.parse_rows(args.get("rows", []))
+        self._keys()
+        rejections = [_rejection_json(r) for r in parsed.rejections]
+        created = existing = 0
+        records = sorted(parsed.records, key=lambda r: r.subject.kind != "employee")
+        for start in range(0, len(records), IMPORT_BATCH):
+            batch = records[start : start + IMPORT_BATCH]
+            for attempt in range(3):
+                try:
+                    c, e, rej = await self._import_batch(caller, batch)
+                    break
+                except psycopg.errors.UniqueViolation:
+                    # Someone registered one of these numbers meanwhile: classify again.
+                    if attempt == 2:
+                        raise
+            created += c
+            existing += e
+            rejections += rej
+            await asyncio.sleep(0)
+        rejections.sort(key=lambda r: r["line"])
+        return {
+            "created": created,
+            "existing": existing,
+            "rejected": rejections,
+            "total": len(parsed.records) + len(parsed.rejections),
+        }
+
+    async def _import_batch(
+        self, caller: Caller, batch: Sequence[importer.ImportRecord]
+    ) -> tuple[int, int, list[dict[str, Any]]]:
+        keys = self._keys()
+        bidxs = [keys.blind_index("my_number", r.subject.number) for r in batch]
+        rejections: list[dict[str, Any]] = []
+        existing = 0
+        async with self.store.transaction() as tx:
+            found = await tx.subjects_matching(bidxs, [r.subject.code for r in batch])
+            by_bidx = {bytes(f["number_bidx"]): f for f in found}
+            by_code = {(f["kind"], f["code"]): f for f in found}
+            employees = await tx.employee_ids(
+                [r.subject.employee_code for r in batch if r.subject.kind == "dependent"]
+            )
+            created = 0
+
+            def sealed_rows() -> Iterator[list[Any]]:
+                # Sealed one by one as COPY takes them, so that PostgreSQL stores
+                # the first rows while the vault still encrypts the next ones.
+                nonlocal created, existing
+                for record, bidx in zip(batch, bidxs, strict=True):
+                    s = record.subject
+                    employee_id = None
+                    if s.kind == "dependent":
+                        employee_id = employees.get(s.employee_code)
+                        if employee_id is None:
+                            rejections.append(
+                                _reject(
+                                    record.line,
+                                    "employee_code",
+                                    NotFound(
+                                        "no employee with that code",
+                                        "その社員コードの社員がいません。",
+                                    ),
+                                )
+                            )
+                            continue
+                    same_code = None if s.kind == "dependent" else by_code.get((s.kind, s.code))
+                    try:
+                        if _already_registered(s, employee_id, by_bidx.get(bidx), same_code):
+                            existing += 1
+                            continue
+                    except KuraError as exc:
+                        field = "number" if isinstance(exc, DuplicateNumber) else "code"
+                        rejections.append(_reject(record.line, field, exc))
+                        continue
+                    values = self._sealed_row(s, employee_id, caller.actor, bidx)
+                    if s.kind == "employee":
+                        employees[s.code] = uuid.UUID(values["id"])
+                    by_code[(s.kind, s.code)] = values
+                    by_bidx[bidx] = values
+                    created += 1
+                    yield [values[c] for c in COPY_COLUMNS]
+
+            await tx.copy_subjects(sealed_rows())
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.import",
+                client=caller.client,
+                detail={"created": created, "existing": existing, "rejected": len(rejections)},
+            )
+        return created, existing, rejections
+
+    async def subject_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        purpose = args["purpose"]
+        if purpose not in BY_CODE:
+            raise PurposeRequired()
+        encoding = args.get("encoding", "shift_jis")
+        keys = self._keys()
+        async with self.store.transaction() as tx:
+            rows = await tx.list_subjects(args.get("kind"), None, 0, 1_000_000, args.get("ids"))
+            if "ids" in args and len(rows) != len(set(args["ids"])):
+                raise NotFound("some subjects do not exist", "存在しない対象者が含まれています。")
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\r\n")
+            writer.writerow(["種別", "コード", "氏名", "フリガナ", "個人番号"])
+            skipped, unencodable, count = [], [], 0
+            for row in rows:
+                if purpose not in row["purposes"]:
+                    skipped.append(str(row["id"]))
+                    continue
+                if encoding == "shift_jis" and not _encodable(
+                    (row["name"], row["name_kana"], row["code"])
+                ):
+                    unencodable.append(str(row["id"]))
+                    continue
+                dk = keys.open_data_key(
+                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                )
+                number = dk.decrypt("number", bytes(row["number_ct"])).decode()
+                writer.writerow([row["kind"], row["code"], row["name"], row["name_kana"], number])
+                count += 1
+            text = out.getvalue()
+            data = (
+                text.encode("cp932")
+                if encoding == "shift_jis"
+                else ("\ufeff" + text).encode("utf-8")
+            )
+            digest = hashlib.sha256(data).hexdigest()
+            await tx.append_audit(
+                actor=caller.actor,
+                role=caller.role,
+                action="subject.export",
+                purpose=purpose,
+                client=caller.client,
+                detail={
+                    "rows": count,
+                    "sha256": digest,
+                    "encoding": encoding,
+                    "skipped": len(skipped),
+                    "unencodable": len(unencodable),
+                },
+            )
+        return {
+            "rows": count,
+            "sha256": digest,
+            "encoding": encoding,
+            "content": base64.b64encode(data).decode(),
+            "skipped_purpose": skipped,
+            "unencodable": unencodable,
+        }
+
+
+def _already_registered(
+    subject: subjects.SubjectInput,
+    employee_id: Any,
+    same_number: Mapping[str, Any] | None,
+    same_code: Mapping[str, Any] | None,
+) -> bool:
+    """True if this very person is registered already (registering again is
+    harmless, so imports can be re-run); DuplicateNumber if the number belongs
+    to someone else; Conflict if the code is taken by another number."""
+    if same_number is not None:
+        same = (
+            same_number["kind"] == subject.kind
+            and same_number["code"] == subject.code
+            and (subject.kind != "dependent" or same_number["employee_id"] == employee_id)
+        )
+        if same:
+            return True
+        raise DuplicateNumber()
+    if same_code is not None:
+        raise Conflict(
+            "that code is already used for another number",
+            "そのコードは別の番号で登録済みです。",
+            field="code",
+        )
+    return False
+
+
+def _safe_purpose(purpose: str) -> str:
+    return purpose if purpose in BY_CODE else "(unknown)"
+
+
+def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
+    return {
+        "line": line,
+        "field": field,
+        "code": error.code,
+        "message": error.message_ja,
+        "message_en": error.message_en,
+    }
+
+
+def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
+    return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
+
+
+def _encodable(values: Sequence[str]) -> bool:
+    try:
+        for v in values:
+            v.encode("cp932")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequest(
+            f"{field}: not a date (YYYY-MM-DD)",
+            f"{field}: 日付（YYYY-MM-DD）ではありません。",
+            field=field,
+        ) from exc
