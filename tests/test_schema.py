@@ -29,10 +29,12 @@ def test_migrate_is_idempotent_and_recorded(appliance: LocalAppliance) -> None:
 
 
 def test_a_changed_migration_is_refused(appliance: LocalAppliance) -> None:
-    sql = "UPDATE schema_migrations SET sha256 = repeat('0', 64) WHERE version = 1"
-    original = appliance.cluster.psql("kura_owner",
-                                      "SELECT sha256 FROM schema_migrations WHERE version = 1")
-    appliance.cluster.psql("kura_owner", sql)
+    # Keep the real digest aside in a table, spoil it, then put it back.
+    appliance.cluster.psql(
+        "kura_owner",
+        "CREATE TABLE spare AS SELECT sha256 FROM schema_migrations WHERE version = 1;"
+        "UPDATE schema_migrations SET sha256 = repeat('0', 64) WHERE version = 1",
+    )
     try:
         done = kura("db", "migrate", "--config", str(appliance.config_path))
         assert done.returncode == 1
@@ -41,8 +43,10 @@ def test_a_changed_migration_is_refused(appliance: LocalAppliance) -> None:
     finally:
         appliance.cluster.psql(
             "kura_owner",
-            f"UPDATE schema_migrations SET sha256 = '{original.strip()}' WHERE version = 1",
+            "UPDATE schema_migrations SET sha256 = (SELECT sha256 FROM spare) WHERE version = 1;"
+            "DROP TABLE spare",
         )
+    assert kura("db", "migrate", "--config", str(appliance.config_path)).returncode == 0
 
 
 def test_vault_init_makes_shares_once_and_never_replaces_a_seal() -> None:
