@@ -5,11 +5,12 @@ systemd), and running until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import sdnotify
@@ -36,21 +37,37 @@ class Notifier:
     def send(self, state: str) -> None:
         self._n.notify(state)
 
-    async def watchdog(self, healthy: Callable[[], Awaitable[bool]]) -> None:
+    async def watchdog(self) -> None:
+        """Ping while the event loop turns. Only a hung loop should make systemd
+        restart a daemon: an unreachable database or vault is reported to the
+        users instead (and a restarted vault would need its custodians again)."""
         if not self.watchdog_seconds:
             return
         while True:
             await asyncio.sleep(self.watchdog_seconds / 3)
-            if await healthy():
-                self.send("WATCHDOG=1")
+            self.send("WATCHDOG=1")
 
 
-async def wait_for_stop() -> None:
+async def run_until_stopped(status: str, *background: Coroutine[Any, Any, None]) -> None:
+    """Tell systemd we are ready, feed the watchdog and run ``background`` tasks
+    until SIGTERM or SIGINT; then say STOPPING and cancel the tasks. The caller
+    closes its own resources afterwards."""
+    notifier = Notifier()
+    notifier.send(f"READY=1\nSTATUS={status}")
+    tasks = [asyncio.create_task(c) for c in (notifier.watchdog(), *background)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        notifier.send("STOPPING=1")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def run_main(name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> int:

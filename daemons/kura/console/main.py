@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import ssl
 import sys
 
@@ -12,7 +10,7 @@ from aiohttp import web
 
 from kura import config as config_module
 from kura.console.app import access_log_args, init_app
-from kura.daemon import Notifier, run_main, wait_for_stop
+from kura.daemon import run_main, run_until_stopped
 
 
 async def serve(config_path: str | None) -> None:
@@ -29,24 +27,10 @@ async def serve(config_path: str | None) -> None:
         runner, config.console.listen, config.console.port, ssl_context=context, backlog=512
     )
     await site.start()
-    notifier = Notifier()
-    notifier.send("READY=1")
-
-    async def healthy() -> bool:
-        # The console is healthy when its event loop runs; the vault may be
-        # sealed or restarting, which the console reports to its users itself.
-        return True
-
-    watchdog = asyncio.create_task(notifier.watchdog(healthy))
     try:
-        await wait_for_stop()
+        await run_until_stopped(f"listening on {config.console.listen}:{config.console.port}")
     finally:
-        notifier.send("STOPPING=1")
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
         await runner.cleanup()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from kura import config as config_module
-from kura.daemon import Notifier, run_main, wait_for_stop
+from kura.daemon import run_main, run_until_stopped
 from kura.vault import schema
 from kura.vault.server import VaultServer
 from kura.vault.service import Vault
@@ -40,34 +40,15 @@ async def serve(config_path: str | None) -> None:
     await vault.start()
     server = VaultServer(vault, config.vault.socket, config.vault.allowed_uids)
     await server.start()
-    notifier = Notifier()
-    notifier.send("READY=1\nSTATUS=" + ("sealed" if vault.sealed else "unsealed"))
-    log.info("listening on %s (%s)", config.vault.socket, "sealed" if vault.sealed else "unsealed")
-
-    async def healthy() -> bool:
-        # Alive means the event loop turns. A database outage is not a reason
-        # for systemd to restart the vault: that would throw away the unsealed
-        # keys and call the custodians back; the pool reconnects by itself.
-        return True
-
-    tasks = [
-        asyncio.create_task(checkpoints(vault)),
-        asyncio.create_task(notifier.watchdog(healthy)),
-    ]
+    state = "sealed" if vault.sealed else "unsealed"
+    log.info("listening on %s (%s)", config.vault.socket, state)
     try:
-        await wait_for_stop()
+        await run_until_stopped(state, checkpoints(vault))
     finally:
-        notifier.send("STOPPING=1")
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
         await server.close()
         with contextlib.suppress(Exception):
             await vault.checkpoint(force=True)
         await store.close()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
