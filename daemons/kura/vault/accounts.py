@@ -18,7 +18,15 @@ from kura.core.errors import (
 )
 from kura.core.purposes import CATALOGUE
 from kura.core.roles import Role
-from kura.vault.base import Caller, Session, VaultBase, jsonable, one_time_password, safe_actor_name
+from kura.vault.base import (
+    Caller,
+    Session,
+    VaultBase,
+    jsonable,
+    one_time_password,
+    record,
+    safe_actor_name,
+)
 from kura.vault.store import Row
 
 log = logging.getLogger("kura.vault")
@@ -151,9 +159,7 @@ class AccountOperations(VaultBase):
         self.sessions.pop(caller.session.digest, None)
         async with self.store.transaction() as tx:
             await tx.delete_session(caller.session.digest)
-            await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="logout", client=caller.client
-            )
+            await record(tx, caller, "logout")
         return {"signed_out": True}
 
     async def whoami(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -281,13 +287,8 @@ class AccountOperations(VaultBase):
             await tx.insert_user(
                 args["username"], args["role"], args.get("display_name", ""), hashed
             )
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="user.create",
-                target=args["username"],
-                client=caller.client,
-                detail={"role": args["role"]},
+            await record(
+                tx, caller, "user.create", target=args["username"], detail={"role": args["role"]}
             )
         return {
             "username": args["username"],
@@ -303,13 +304,7 @@ class AccountOperations(VaultBase):
                 " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
                 " FROM users ORDER BY username"
             )
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="user.list",
-                client=caller.client,
-                detail={"count": len(rows)},
-            )
+            await record(tx, caller, "user.list", detail={"count": len(rows)})
         return {"users": [jsonable(r) for r in rows]}
 
     async def user_update(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -332,12 +327,11 @@ class AccountOperations(VaultBase):
                 )
             if "role" in changes or changes.get("disabled"):
                 await tx.delete_user_sessions(user["id"])
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="user.update",
+            await record(
+                tx,
+                caller,
+                "user.update",
                 target=args["username"],
-                client=caller.client,
                 detail={k: v for k, v in changes.items() if k != "display_name"},
             )
         self._forget_user_sessions(int(user["id"]))
@@ -358,12 +352,11 @@ class AccountOperations(VaultBase):
                     (user["id"],),
                 )
             await tx.delete_user_sessions(user["id"])
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="user.reset_password",
+            await record(
+                tx,
+                caller,
+                "user.reset_password",
                 target=args["username"],
-                client=caller.client,
                 detail={"reset_totp": bool(args.get("reset_totp"))},
             )
         self._forget_user_sessions(int(user["id"]))
@@ -373,9 +366,7 @@ class AccountOperations(VaultBase):
 
     async def policy_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
-            await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="policy.get", client=caller.client
-            )
+            await record(tx, caller, "policy.get")
         return {"policy": self.policy.to_json()}
 
     async def policy_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -384,12 +375,6 @@ class AccountOperations(VaultBase):
         async with self.store.transaction() as tx:
             await tx.set_setting("policy", new.to_json())
             changed = sorted(k for k, v in new.to_json().items() if old.get(k) != v)
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="policy.set",
-                client=caller.client,
-                detail={"changed": changed},
-            )
+            await record(tx, caller, "policy.set", detail={"changed": changed})
         self.policy = new
         return {"policy": new.to_json()}

@@ -23,7 +23,7 @@ from kura.core.errors import (
 from kura.core.keys import KeyHierarchy
 from kura.core.roles import Role
 from kura.vault import sealing
-from kura.vault.store import Row, Store
+from kura.vault.store import Row, Store, Tx
 
 log = logging.getLogger("kura.vault")
 
@@ -80,6 +80,13 @@ def one_time_password() -> str:
         + secrets.choice("abcdefghijkmnopqrstuvwxyz")
         + secrets.choice("23456789")
         + secrets.choice("-_.!")
+    )
+
+
+async def record(tx: Tx, caller: Caller, action: str, **fields: Any) -> audit.AuditEntry:
+    """Append the audit entry of ``caller``'s ``action`` inside ``tx``."""
+    return await tx.append_audit(
+        actor=caller.actor, role=caller.role, client=caller.client, action=action, **fields
     )
 
 

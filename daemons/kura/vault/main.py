@@ -50,6 +50,7 @@ async def serve(config_path: str | None) -> None:
             await vault.checkpoint(force=True)
         await store.close()
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kura-vault",

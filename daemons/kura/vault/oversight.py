@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from kura.core import audit
-from kura.vault.base import Caller, VaultBase, jsonable, parse_time
+from kura.vault.base import Caller, VaultBase, jsonable, parse_time, record
 
 log = logging.getLogger("kura.vault")
 
@@ -25,13 +25,7 @@ class OversightOperations(VaultBase):
                 args.get("offset", 0),
                 args.get("limit", 100),
             )
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="audit.list",
-                client=caller.client,
-                detail={"count": len(rows)},
-            )
+            await record(tx, caller, "audit.list", detail={"count": len(rows)})
         return {"entries": [jsonable(r) for r in rows]}
 
     async def checkpoint(self, force: bool = False) -> audit.Checkpoint | None:
@@ -66,9 +60,7 @@ class OversightOperations(VaultBase):
     async def audit_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         async with self.store.transaction() as tx:
-            entry = await tx.append_audit(
-                actor=caller.actor, role=caller.role, action="audit.export", client=caller.client
-            )
+            entry = await record(tx, caller, "audit.export")
         async with self.store.transaction() as tx:
             entries = await tx.audit_entries()
             checkpoints = await tx.checkpoints()
@@ -87,13 +79,7 @@ class OversightOperations(VaultBase):
         version, wrapped = keys.rotate()
         async with self.store.transaction() as tx:
             await tx.add_keyring_version(version, wrapped)
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="keys.rotate",
-                client=caller.client,
-                detail={"version": version},
-            )
+            await record(tx, caller, "keys.rotate", detail={"version": version})
         rewrapped = 0
         if args.get("rewrap"):
             after: str | None = None
@@ -111,12 +97,8 @@ class OversightOperations(VaultBase):
                         moved += 1
                     rewrapped += moved
                     if moved:
-                        await tx.append_audit(
-                            actor=caller.actor,
-                            role=caller.role,
-                            action="keys.rewrap",
-                            client=caller.client,
-                            detail={"count": moved, "version": version},
+                        await record(
+                            tx, caller, "keys.rewrap", detail={"count": moved, "version": version}
                         )
                 if len(batch) < 1000:
                     break

@@ -38,7 +38,7 @@ from kura.core.keys import KeyHierarchy, bootstrap_keyring
 from kura.core.roles import PUBLIC, SELF, Role, may
 from kura.vault import sealing
 from kura.vault.accounts import AccountOperations
-from kura.vault.base import Caller, Clock, Handler, Session, own_uid, utcnow
+from kura.vault.base import Caller, Clock, Handler, Session, own_uid, record, utcnow
 from kura.vault.oversight import OversightOperations
 from kura.vault.store import Store
 from kura.vault.subjects import SubjectOperations
@@ -222,14 +222,7 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
             raise ActionRequired(required=session.restriction)
         if not may(session.role, op):
             async with self.store.transaction() as tx:
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action=op,
-                    outcome="denied",
-                    client=caller.client,
-                    detail={"reason": "role"},
-                )
+                await record(tx, caller, op, outcome="denied", detail={"reason": "role"})
             raise PermissionDenied()
         return await handler(caller, valid)
 

@@ -27,7 +27,7 @@ from kura.core.errors import (
     PurposeRequired,
 )
 from kura.core.purposes import BY_CODE
-from kura.vault.base import Caller, VaultBase
+from kura.vault.base import Caller, VaultBase, record
 from kura.vault.store import COPY_COLUMNS, Row
 
 log = logging.getLogger("kura.vault")
@@ -114,23 +114,21 @@ class SubjectOperations(VaultBase):
             except DuplicateNumber as exc:
                 # Raised only after this transaction commits the refusal's record.
                 refusal = exc
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action="subject.register",
+                await record(
+                    tx,
+                    caller,
+                    "subject.register",
                     outcome="denied",
-                    client=caller.client,
                     detail={"reason": "duplicate_number"},
                 )
             else:
                 values = self._sealed_row(subject, employee_id, caller.actor)
                 await tx.insert_subject(values)
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action="subject.register",
+                await record(
+                    tx,
+                    caller,
+                    "subject.register",
                     target=values["id"],
-                    client=caller.client,
                     detail={"kind": subject.kind},
                 )
                 row = await tx.subject(values["id"])
@@ -153,12 +151,11 @@ class SubjectOperations(VaultBase):
             else:
                 row = await tx.subject_by_code(args.get("kind", "payee"), args["code"])
                 by = "code"
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.lookup",
+            await record(
+                tx,
+                caller,
+                "subject.lookup",
                 target=str(row["id"]) if row else "",
-                client=caller.client,
                 detail={"by": by, "found": row is not None},
             )
         return {"subjects": [self._summary(row)] if row else []}
@@ -168,26 +165,14 @@ class SubjectOperations(VaultBase):
             row = await tx.subject(args["id"])
             if row is None:
                 raise NotFound()
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.get",
-                target=args["id"],
-                client=caller.client,
-            )
+            await record(tx, caller, "subject.get", target=args["id"])
         return {"subject": self._summary(row)}
 
     async def subject_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         offset, limit = args.get("offset", 0), args.get("limit", 50)
         async with self.store.transaction() as tx:
             rows = await tx.list_subjects(args.get("kind"), args.get("query"), offset, limit)
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.list",
-                client=caller.client,
-                detail={"count": len(rows)},
-            )
+            await record(tx, caller, "subject.list", detail={"count": len(rows)})
         return {"subjects": [self._summary(r) for r in rows], "offset": offset, "limit": limit}
 
     async def subject_reveal(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -199,14 +184,13 @@ class SubjectOperations(VaultBase):
             allowed = list(row["purposes"])
             if purpose not in allowed:
                 # Raised only after this transaction commits the refusal's record.
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action="subject.reveal",
+                await record(
+                    tx,
+                    caller,
+                    "subject.reveal",
                     outcome="denied",
                     target=args["id"],
                     purpose=_safe_purpose(purpose),
-                    client=caller.client,
                     detail={"reason": "purpose"},
                 )
             else:
@@ -214,14 +198,7 @@ class SubjectOperations(VaultBase):
                     str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
                 )
                 number = dk.decrypt("number", bytes(row["number_ct"])).decode()
-                await tx.append_audit(
-                    actor=caller.actor,
-                    role=caller.role,
-                    action="subject.reveal",
-                    target=args["id"],
-                    purpose=purpose,
-                    client=caller.client,
-                )
+                await record(tx, caller, "subject.reveal", target=args["id"], purpose=purpose)
         if purpose not in allowed:
             raise PurposeRequired(allowed=allowed)
         return {"id": args["id"], "number": number, "purpose": purpose}
@@ -262,12 +239,11 @@ class SubjectOperations(VaultBase):
                 changes["number_bidx"] = bidx
             if changes:
                 await tx.update_subject(args["id"], changes)
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.correct",
+            await record(
+                tx,
+                caller,
+                "subject.correct",
                 target=args["id"],
-                client=caller.client,
                 detail={"fields": sorted(k for k in changes if k != "number_bidx")},
             )
             row = await tx.subject(args["id"])
@@ -364,11 +340,10 @@ class SubjectOperations(VaultBase):
                     yield [values[c] for c in COPY_COLUMNS]
 
             await tx.copy_subjects(sealed_rows())
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.import",
-                client=caller.client,
+            await record(
+                tx,
+                caller,
+                "subject.import",
                 detail={"created": created, "existing": existing, "rejected": len(rejections)},
             )
         return created, existing, rejections
@@ -409,12 +384,11 @@ class SubjectOperations(VaultBase):
                 else ("\ufeff" + text).encode("utf-8")
             )
             digest = hashlib.sha256(data).hexdigest()
-            await tx.append_audit(
-                actor=caller.actor,
-                role=caller.role,
-                action="subject.export",
+            await record(
+                tx,
+                caller,
+                "subject.export",
                 purpose=purpose,
-                client=caller.client,
                 detail={
                     "rows": count,
                     "sha256": digest,
