@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import unicodedata
 from datetime import date
@@ -408,3 +409,25 @@ def test_corrections_are_cleaned_like_registrations() -> None:
     with pytest.raises(BadRequest) as caught:
         clean_text_field("name", 3)
     assert caught.value.detail == {"field": "name", "reason": "wrong_type"}
+
+
+def test_already_registered_tells_the_same_person_from_another() -> None:
+    from kura.core.errors import Conflict, DuplicateNumber
+    from kura.core.subjects import already_registered, make_subject
+    from tests.support import my_number
+
+    number = my_number(random.Random(99))
+    payee = make_subject(kind="payee", code="P-1", name="山田 太郎", number=number)
+    stored = {"kind": "payee", "code": "P-1", "employee_id": None}
+    assert already_registered(payee, None, stored, stored) is True
+    assert already_registered(payee, None, None, None) is False
+    with pytest.raises(DuplicateNumber):
+        already_registered(payee, None, {**stored, "code": "P-2"}, None)
+    with pytest.raises(Conflict):
+        already_registered(payee, None, None, {**stored, "code": "P-1"})
+    child = make_subject(kind="dependent", code="E-1", name="山田 花", number=number,
+                         employee_code="E-1")
+    as_child = {"kind": "dependent", "code": "E-1", "employee_id": "emp-a"}
+    assert already_registered(child, "emp-a", as_child, None) is True
+    with pytest.raises(DuplicateNumber):
+        already_registered(child, "emp-b", as_child, None)

@@ -20,7 +20,7 @@ from datetime import date
 from typing import Any
 
 from kura.core import numbers
-from kura.core.errors import BadRequest, InvalidNumber
+from kura.core.errors import BadRequest, Conflict, DuplicateNumber, InvalidNumber
 from kura.core.purposes import BY_CODE, DEFAULT_FOR_KIND
 
 KINDS = ("employee", "dependent", "payee")
@@ -413,3 +413,30 @@ def subject_from_json(data: Mapping[str, Any]) -> SubjectInput:
         birth_date=born,
         retention_basis=basis,
     )
+
+
+def already_registered(
+    subject: SubjectInput,
+    employee_id: Any,
+    same_number: Mapping[str, Any] | None,
+    same_code: Mapping[str, Any] | None,
+) -> bool:
+    """True if this very person is registered already (registering again is
+    harmless, so imports can be re-run); DuplicateNumber if the number belongs
+    to someone else; Conflict if the code is taken by another number."""
+    if same_number is not None:
+        same = (
+            same_number["kind"] == subject.kind
+            and same_number["code"] == subject.code
+            and (subject.kind != "dependent" or same_number["employee_id"] == employee_id)
+        )
+        if same:
+            return True
+        raise DuplicateNumber()
+    if same_code is not None:
+        raise Conflict(
+            "that code is already used for another number",
+            "そのコードは別の番号で登録済みです。",
+            field="code",
+        )
+    return False

@@ -11,7 +11,7 @@ import hashlib
 import io
 import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -20,7 +20,6 @@ import psycopg
 from kura.core import importer, numbers, subjects
 from kura.core.errors import (
     BadRequest,
-    Conflict,
     DuplicateNumber,
     KuraError,
     NotFound,
@@ -108,7 +107,7 @@ class SubjectOperations(VaultBase):
             )
             refusal: DuplicateNumber | None = None
             try:
-                if _already_registered(subject, employee_id, same_number, same_code):
+                if subjects.already_registered(subject, employee_id, same_number, same_code):
                     assert same_number is not None
                     return {"subject": self._summary(same_number), "created": False}
             except DuplicateNumber as exc:
@@ -324,7 +323,9 @@ class SubjectOperations(VaultBase):
                             continue
                     same_code = None if s.kind == "dependent" else by_code.get((s.kind, s.code))
                     try:
-                        if _already_registered(s, employee_id, by_bidx.get(bidx), same_code):
+                        if subjects.already_registered(
+                            s, employee_id, by_bidx.get(bidx), same_code
+                        ):
                             existing += 1
                             continue
                     except KuraError as exc:
@@ -405,33 +406,6 @@ class SubjectOperations(VaultBase):
             "skipped_purpose": skipped,
             "unencodable": unencodable,
         }
-
-
-def _already_registered(
-    subject: subjects.SubjectInput,
-    employee_id: Any,
-    same_number: Mapping[str, Any] | None,
-    same_code: Mapping[str, Any] | None,
-) -> bool:
-    """True if this very person is registered already (registering again is
-    harmless, so imports can be re-run); DuplicateNumber if the number belongs
-    to someone else; Conflict if the code is taken by another number."""
-    if same_number is not None:
-        same = (
-            same_number["kind"] == subject.kind
-            and same_number["code"] == subject.code
-            and (subject.kind != "dependent" or same_number["employee_id"] == employee_id)
-        )
-        if same:
-            return True
-        raise DuplicateNumber()
-    if same_code is not None:
-        raise Conflict(
-            "that code is already used for another number",
-            "そのコードは別の番号で登録済みです。",
-            field="code",
-        )
-    return False
 
 
 def _safe_purpose(purpose: str) -> str:
