@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from kura.core.errors import CommandFailed
 from kura.proc import run
 
 PG_USER = "postgres"  # initdb refuses root; Debian's postgresql package makes this user
@@ -196,7 +197,7 @@ class Cluster:
 def _pg_ctl_status(cluster: Cluster) -> bool:
     try:
         run([bindir() / "pg_ctl", "-D", cluster.datadir, "status"], user=PG_USER)
-    except Exception:
+    except CommandFailed:
         return False
     return True
 

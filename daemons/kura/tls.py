@@ -57,6 +57,3 @@ def fingerprint(cert_path: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
-
-def not_after(cert_path: Path) -> dt.datetime:
-    return x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc

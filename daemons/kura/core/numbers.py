@@ -98,14 +98,6 @@ def parse_my_number(text: str) -> str:
     return normalise(text)
 
 
-def parse_corporate_number(text: str) -> str:
-    """The normalised 13 digits, or InvalidNumber with the reason."""
-    problem = corporate_number_problem(text)
-    if problem:
-        raise InvalidNumber(problem.en, problem.ja, reason=problem.code)
-    return normalise(text)
-
-
 def mask(number: str) -> str:
     """The form shown everywhere by default: only the last four digits, e.g. ****-****-1234."""
     return "****-****-" + number[-4:]

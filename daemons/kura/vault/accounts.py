@@ -5,7 +5,6 @@ SA (policy)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -29,8 +28,6 @@ from kura.vault.base import (
 )
 from kura.vault.store import Row
 
-log = logging.getLogger("kura.vault")
-
 
 class AccountOperations(VaultBase):
     async def bootstrap_da(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -38,8 +35,7 @@ class AccountOperations(VaultBase):
         accounts.check_new_password(self.policy, password, args["username"], [])
         hashed = await asyncio.to_thread(accounts.hash_password, password)
         async with self.store.transaction() as tx:
-            await tx.conn.execute("LOCK TABLE users IN EXCLUSIVE MODE")
-            if await tx.count_users():
+            if await tx.count_users(lock=True):
                 raise Conflict("accounts already exist", "アカウントは既に存在します。")
             await tx.insert_user(args["username"], "DA", "Appliance Admin", hashed)
             await tx.append_audit(
@@ -102,10 +98,7 @@ class AccountOperations(VaultBase):
             else:
                 await tx.record_login_success(locked["id"])
                 if totp_step is not None:
-                    await tx.run(
-                        "UPDATE users SET totp_last_step = %s WHERE id = %s",
-                        (totp_step, locked["id"]),
-                    )
+                    await tx.set_totp_last_step(locked["id"], totp_step)
                 token, digest = accounts.new_session_token()
                 mfa_done = totp_step is not None
                 row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done, now)
@@ -191,13 +184,7 @@ class AccountOperations(VaultBase):
         hashed = await asyncio.to_thread(accounts.hash_password, new)
         async with self.store.transaction() as tx:
             await tx.set_password(s.user_id, hashed, must_change=False)
-            await tx.append_audit(
-                actor=s.username,
-                role=str(s.role),
-                action="user.password",
-                target=s.username,
-                client=caller.client,
-            )
+            await record(tx, caller, "user.password", target=s.username)
             user = await tx.user_by_id(s.user_id)
             session_row = await tx.session(s.digest)
         assert user is not None and session_row is not None
@@ -219,26 +206,17 @@ class AccountOperations(VaultBase):
         secret = accounts.new_totp_secret()
         dk, version, wrapped = keys.new_data_key(f"user:{s.user_id}")
         async with self.store.transaction() as tx:
-            await tx.run(
-                "UPDATE users SET totp_kek_version = %s, totp_wrapped_key = %s,"
-                " totp_pending_ct = %s, totp_secret_ct = CASE WHEN totp_secret_ct IS NULL"
-                " THEN NULL ELSE totp_secret_ct END WHERE id = %s",
-                (version, wrapped, dk.encrypt("totp_pending_ct", secret.encode()), s.user_id),
-            )
-            user = await tx.user_by_id(s.user_id)
+            user = await tx.user_by_id(s.user_id, lock=True)
             assert user is not None
             if user["totp_secret_ct"] is not None:
                 raise Conflict(
                     "a second factor is already set up; ask a DA to reset it",
                     "二要素認証は設定済みです。リセットはアプライアンス管理者に依頼してください。",
                 )
-            await tx.append_audit(
-                actor=s.username,
-                role=str(s.role),
-                action="user.totp_begin",
-                target=s.username,
-                client=caller.client,
+            await tx.begin_totp(
+                s.user_id, version, wrapped, dk.encrypt("totp_pending_ct", secret.encode())
             )
+            await record(tx, caller, "user.totp_begin", target=s.username)
         return {"secret": secret, "uri": accounts.totp_uri(secret, s.username)}
 
     async def totp_confirm(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -257,19 +235,10 @@ class AccountOperations(VaultBase):
             dk = keys.open_data_key(
                 f"user:{s.user_id}", user["totp_kek_version"], bytes(user["totp_wrapped_key"])
             )
-            await tx.run(
-                "UPDATE users SET totp_secret_ct = %s, totp_pending_ct = NULL,"
-                " totp_last_step = %s WHERE id = %s",
-                (dk.encrypt("totp_secret_ct", secret.encode()), step, s.user_id),
+            await tx.confirm_totp(
+                s.user_id, dk.encrypt("totp_secret_ct", secret.encode()), step, s.digest
             )
-            await tx.run("UPDATE sessions SET mfa_done = true WHERE token_digest = %s", (s.digest,))
-            await tx.append_audit(
-                actor=s.username,
-                role=str(s.role),
-                action="user.totp_enrol",
-                target=s.username,
-                client=caller.client,
-            )
+            await record(tx, caller, "user.totp_enrol", target=s.username)
             user = await tx.user_by_id(s.user_id)
         assert user is not None
         self.sessions[s.digest] = replace(s, restriction=self._restriction(user, True))
@@ -299,11 +268,7 @@ class AccountOperations(VaultBase):
 
     async def user_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
-            rows = await tx.all(
-                "SELECT username, display_name, role, disabled, must_change_password,"
-                " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
-                " FROM users ORDER BY username"
-            )
+            rows = await tx.list_users()
             await record(tx, caller, "user.list", detail={"count": len(rows)})
         return {"users": [jsonable(r) for r in rows]}
 
@@ -321,10 +286,7 @@ class AccountOperations(VaultBase):
                     "自分自身を無効化・降格することはできません。",
                 )
             if changes:
-                sets = ", ".join(f"{k} = %s" for k in changes)
-                await tx.run(
-                    f"UPDATE users SET {sets} WHERE id = %s", [*changes.values(), user["id"]]
-                )
+                await tx.update_user(user["id"], changes)
             if "role" in changes or changes.get("disabled"):
                 await tx.delete_user_sessions(user["id"])
             await record(
@@ -346,11 +308,7 @@ class AccountOperations(VaultBase):
                 raise NotFound()
             await tx.set_password(user["id"], hashed, must_change=True)
             if args.get("reset_totp"):
-                await tx.run(
-                    "UPDATE users SET totp_secret_ct = NULL, totp_pending_ct = NULL,"
-                    " totp_last_step = NULL WHERE id = %s",
-                    (user["id"],),
-                )
+                await tx.clear_totp(user["id"])
             await tx.delete_user_sessions(user["id"])
             await record(
                 tx,

@@ -5,7 +5,6 @@ together behind one dispatcher."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 import string
 import uuid
@@ -24,8 +23,6 @@ from kura.core.keys import KeyHierarchy
 from kura.core.roles import Role
 from kura.vault import sealing
 from kura.vault.store import Row, Store, Tx
-
-log = logging.getLogger("kura.vault")
 
 Clock = Callable[[], datetime]
 
@@ -126,12 +123,6 @@ class VaultBase:
         for digest, s in list(self.sessions.items()):
             if s.user_id == user_id:
                 del self.sessions[digest]
-
-
-def own_uid() -> int:
-    import os
-
-    return os.geteuid()
 
 
 def parse_time(value: str | None, field: str) -> datetime | None:

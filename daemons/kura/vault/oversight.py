@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 from typing import Any
 
 from kura.core import audit
 from kura.vault.base import Caller, VaultBase, jsonable, parse_time, record
-
-log = logging.getLogger("kura.vault")
 
 
 class OversightOperations(VaultBase):
@@ -67,7 +64,7 @@ class OversightOperations(VaultBase):
         final = audit.sign_checkpoint(
             keys.audit_signing_key, entry.seq, entry.hash, self.clock(), final=True
         )
-        bundle = b"".join(audit.bundle_lines(entries, checkpoints, final, self.config.appliance))
+        bundle = audit.bundle_bytes(entries, checkpoints, final, self.config.appliance)
         return {
             "bundle": base64.b64encode(bundle).decode(),
             "sha256": hashlib.sha256(bundle).hexdigest(),

@@ -82,9 +82,3 @@ def migrate(owner_dsn: str) -> list[int]:
                     (p.code, p.ja, p.en),
                 )
     return applied_now
-
-
-def current_version(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-        return int(row[0]) if row else 0

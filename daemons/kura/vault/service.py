@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +39,7 @@ from kura.core.keys import KeyHierarchy, bootstrap_keyring
 from kura.core.roles import PUBLIC, SELF, Role, may
 from kura.vault import sealing
 from kura.vault.accounts import AccountOperations
-from kura.vault.base import Caller, Clock, Handler, Session, own_uid, record, utcnow
+from kura.vault.base import Caller, Clock, Handler, Session, record, utcnow
 from kura.vault.oversight import OversightOperations
 from kura.vault.store import Store
 from kura.vault.subjects import SubjectOperations
@@ -213,7 +214,7 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
         if op in PUBLIC:
             return await handler(caller, valid)
         if op == "bootstrap_da":
-            if peer_uid not in self.config.vault.admin_uids and peer_uid != own_uid():
+            if peer_uid not in self.config.vault.admin_uids and peer_uid != os.geteuid():
                 raise PermissionDenied()
             return await handler(caller, valid)
         session = await self._session(token, caller)

@@ -19,7 +19,7 @@ import select
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -232,12 +232,61 @@ class Tx:
             (username,),
         )
 
-    async def user_by_id(self, user_id: int) -> Row | None:
-        return await self.one("SELECT * FROM users WHERE id = %s", (user_id,))
+    async def user_by_id(self, user_id: int, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM users WHERE id = %s" + (" FOR UPDATE" if lock else ""), (user_id,)
+        )
 
-    async def count_users(self) -> int:
+    async def count_users(self, lock: bool = False) -> int:
+        """How many accounts exist; ``lock`` keeps others from adding one until commit
+        (so that only one first DA can ever be made)."""
+        if lock:
+            await self.run("LOCK TABLE users IN EXCLUSIVE MODE")
         row = await self.one("SELECT count(*) AS n FROM users")
         return int(row["n"]) if row else 0
+
+    async def list_users(self) -> list[Row]:
+        return await self.all(
+            "SELECT username, display_name, role, disabled, must_change_password,"
+            " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
+            " FROM users ORDER BY username"
+        )
+
+    async def update_user(self, user_id: int, changes: Mapping[str, Any]) -> None:
+        """``changes`` maps fixed column names (role, disabled, display_name) to values."""
+        sets = ", ".join(f"{column} = %s" for column in changes)
+        await self.run(f"UPDATE users SET {sets} WHERE id = %s", [*changes.values(), user_id])
+
+    async def begin_totp(
+        self, user_id: int, kek_version: int, wrapped_key: bytes, pending_ct: bytes
+    ) -> None:
+        await self.run(
+            "UPDATE users SET totp_kek_version = %s, totp_wrapped_key = %s, totp_pending_ct = %s"
+            " WHERE id = %s",
+            (kek_version, wrapped_key, pending_ct, user_id),
+        )
+
+    async def confirm_totp(
+        self, user_id: int, secret_ct: bytes, step: int, session_digest: bytes
+    ) -> None:
+        await self.run(
+            "UPDATE users SET totp_secret_ct = %s, totp_pending_ct = NULL, totp_last_step = %s"
+            " WHERE id = %s",
+            (secret_ct, step, user_id),
+        )
+        await self.run(
+            "UPDATE sessions SET mfa_done = true WHERE token_digest = %s", (session_digest,)
+        )
+
+    async def set_totp_last_step(self, user_id: int, step: int) -> None:
+        await self.run("UPDATE users SET totp_last_step = %s WHERE id = %s", (step, user_id))
+
+    async def clear_totp(self, user_id: int) -> None:
+        await self.run(
+            "UPDATE users SET totp_secret_ct = NULL, totp_pending_ct = NULL,"
+            " totp_last_step = NULL WHERE id = %s",
+            (user_id,),
+        )
 
     async def insert_user(
         self, username: str, role: str, display_name: str, password_hash: str
@@ -389,10 +438,6 @@ class Tx:
             params,
         )
 
-    async def count_subjects(self) -> int:
-        row = await self.one("SELECT count(*) AS n FROM subjects")
-        return int(row["n"]) if row else 0
-
     async def insert_subject(self, values: Mapping[str, Any]) -> None:
         await self.run(
             f"INSERT INTO subjects ({', '.join(COPY_COLUMNS)})"
@@ -492,7 +537,3 @@ def entry_from_row(r: Row) -> audit.AuditEntry:
         prev_hash=bytes(r["prev_hash"]),
         hash=bytes(r["hash"]),
     )
-
-
-def as_date(value: str | None) -> date | None:
-    return date.fromisoformat(value) if value else None

@@ -9,7 +9,6 @@ import base64
 import csv
 import hashlib
 import io
-import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date
@@ -28,8 +27,6 @@ from kura.core.errors import (
 from kura.core.purposes import BY_CODE
 from kura.vault.base import Caller, VaultBase, record
 from kura.vault.store import COPY_COLUMNS, Row
-
-log = logging.getLogger("kura.vault")
 
 IMPORT_BATCH = 2000  # rows per transaction: a crash loses at most one unacknowledged batch
 

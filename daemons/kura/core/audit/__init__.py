@@ -4,7 +4,7 @@ What it offers
 --------------
 - ``entries``: ``make_entry`` builds the next ``AuditEntry`` after a
   ``ChainHead``; ``canonical``, ``canonical_json`` and ``chain_hash`` define
-  what its hash covers; ``looks_like_my_number``, ``contains_number`` and
+  what its hash covers; ``looks_like_my_number`` and
   ``refuse_numbers`` keep My Numbers out.
 - ``checkpoints``: ``Checkpoint``, ``sign_checkpoint``, ``sign_export``,
   ``checkpoint_valid``, ``raw_public_key`` and ``public_key_fingerprint``.
@@ -73,7 +73,6 @@ from kura.core.audit.entries import (
     canonical,
     canonical_json,
     chain_hash,
-    contains_number,
     format_time,
     looks_like_my_number,
     make_entry,
@@ -103,7 +102,6 @@ __all__ = [
     "chain_hash",
     "checkpoint_message",
     "checkpoint_valid",
-    "contains_number",
     "format_time",
     "looks_like_my_number",
     "make_entry",

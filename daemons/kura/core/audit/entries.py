@@ -61,12 +61,6 @@ def looks_like_my_number(text: str) -> bool:
     return _NUMBER_LIKE.search(_HEX_TOKEN.sub(_set_aside_hex, text)) is not None
 
 
-def contains_number(text: str) -> bool:
-    """The same test as ``looks_like_my_number``, under the name the vault uses
-    when scrubbing user-typed text before it is logged."""
-    return looks_like_my_number(text)
-
-
 def _number_in(value: Any) -> bool:
     if isinstance(value, str):
         return looks_like_my_number(value)
