@@ -6,6 +6,7 @@ kura vault init --seal MODE         make the root key and seal it
 kura audit export -o FILE           download a verifiable audit bundle
 kura audit verify FILE              check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
+kura boot-report                    one status line for the console (appliance)
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_boot_report(args: argparse.Namespace) -> int:
+    from kura import bootreport, config
+
+    socket = config.load(args.config).vault.socket if Path(args.config).exists() else None
+    print(bootreport.report(socket or Path("/run/kura/vault.sock")), flush=True)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from kura import devserver
 
@@ -216,6 +225,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("bundle")
     v.add_argument("--public-key", help="trust only this signing key (hex)")
     v.set_defaults(func=cmd_audit_verify)
+
+    b = sub.add_parser("boot-report", help="one status line for the console (on the appliance)")
+    b.add_argument("--config", default="/etc/kura/kura.toml")
+    b.set_defaults(func=cmd_boot_report)
 
     d = sub.add_parser("dev", help="run a local appliance (what ./build.sh dev runs)")
     d.add_argument("--state", help="state folder (default ./state or $KURA_STATE_DIR)")
