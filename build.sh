@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Kura's single entry point. Run as root on a Debian machine:
+#   ./build.sh run    build the appliance image (if needed) and boot it in QEMU
 #   ./build.sh dev    run the appliance locally (private PostgreSQL, vault, console)
 #   ./build.sh test   install what the tests need and run all of them, ruff and mypy
 # Each command installs what it needs itself (apt-get, then pip into .venv).
@@ -17,27 +18,44 @@ usage() {
 usage: ./build.sh COMMAND
 
 commands:
+  run     build the appliance image if it is missing or stale, then boot it
+          in QEMU (UEFI, software TPM; KVM when it works, else emulation)
+          with the console's HTTPS port forwarded to https://127.0.0.1:8443/.
+          The terminal becomes the appliance's serial console (the first-boot
+          wizard); Ctrl-A X quits. The machine is kept in state/vm.
+          Options go to image/vm.py run (e.g. --fresh, --setup answers.toml).
+  image   build the disk image into out/: kura.raw, kura.qcow2, SHA256SUMS,
+          packages.txt (Debian trixie, versions pinned by image/packages.lock)
+  image-lock
+          refresh image/packages.lock from provisioning/packages.txt
+  verify-repro
+          build the image twice and say whether the bytes are identical
+          (names the differing files when not)
   dev     start a local appliance: a private PostgreSQL cluster under ./state,
           kura-vault and kura-console on https://127.0.0.1:8443 (self-signed).
           Prints the URL, the certificate fingerprint and the first DA's
           one-time password. KURA_DA_PASSWORD=... sets that password instead;
           KURA_STATE_DIR=... puts the state elsewhere; KURA_PORT=... the port.
           Ctrl-C stops everything; running it again reuses the data.
-  test    run every test against a real PostgreSQL, then ruff and mypy.
+  test    build the image (if stale), then run every test: ruff, mypy, and
+          pytest against a real PostgreSQL and the image booted in QEMU.
           Extra arguments go to pytest (e.g. ./build.sh test -k numbers).
   help    show this text
 USAGE
 }
 
 # Debian packages the product and its tests need on the host.
-apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl)
+apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl git)
+# ... and what builds and boots the image.
+image_packages=(mmdebstrap debian-archive-keyring e2fsprogs dosfstools mtools fdisk zstd
+                qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools)
 
 ensure_host() {
     [ "$(id -u)" = 0 ] || die "run me as root" "sudo ./build.sh $*"
     [ -c /dev/null ] || die "/dev/null is not a character device on this host" \
         "rm -f /dev/null && mknod -m 666 /dev/null c 1 3"
     local missing=()
-    for p in "${apt_packages[@]}"; do
+    for p in "${apt_packages[@]}" "${image_packages[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -69,18 +87,66 @@ cmd_dev() {
     exec "$venv/bin/kura" dev "$@"
 }
 
+# The image is rebuilt when anything that goes into it changed.
+image_inputs() {
+    git ls-files -z daemons firstboot systemd provisioning image pyproject.toml \
+        | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+ensure_image() {
+    local stamp=out/.image-inputs want
+    want=$(image_inputs)
+    if [ -f out/kura.qcow2 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return
+    fi
+    say "building the appliance image (out/)"
+    "$venv/bin/python" image/build.py build --out out
+    echo "$want" >"$stamp"
+}
+
+cmd_image() {
+    ensure_host image
+    ensure_venv
+    rm -f out/.image-inputs
+    ensure_image
+}
+
+cmd_image_lock() {
+    ensure_host image-lock
+    ensure_venv
+    "$venv/bin/python" image/build.py lock --out out
+}
+
+cmd_verify_repro() {
+    ensure_host verify-repro
+    ensure_venv
+    "$venv/bin/python" image/build.py verify-repro --out out
+}
+
+cmd_run() {
+    ensure_host run
+    ensure_venv
+    ensure_image
+    exec "$venv/bin/python" image/vm.py run --image out/kura.qcow2 --state state/vm "$@"
+}
+
 cmd_test() {
     ensure_host test
     ensure_venv
     say "ruff"
-    "$venv/bin/ruff" check daemons tests benchmarks
+    "$venv/bin/ruff" check daemons firstboot image provisioning tests benchmarks
     say "mypy"
     "$venv/bin/mypy"
+    ensure_image
     say "pytest"
-    "$venv/bin/python" -m pytest "$@"
+    KURA_IMAGE_TESTS=1 "$venv/bin/python" -m pytest "$@"
 }
 
 case "${1:-help}" in
+    run) shift; cmd_run "$@" ;;
+    image) shift; cmd_image ;;
+    image-lock) shift; cmd_image_lock ;;
+    verify-repro) shift; cmd_verify_repro ;;
     dev) shift; cmd_dev "$@" ;;
     test) shift; cmd_test "$@" ;;
     help|-h|--help) usage ;;
