@@ -20,6 +20,43 @@ from kura.core.errors import CommandFailed
 from kura.proc import run
 
 PG_USER = "postgres"  # initdb refuses root; Debian's postgresql package makes this user
+ROLES = ("kura_owner", "kura_vault")  # owner of the tables; what the daemons log in as
+
+# Server settings every Kura cluster gets (this one and the appliance's):
+# nothing about queries in the log, so no value of a statement reaches it.
+QUIET_LOG_SETTINGS = (
+    "log_statement = 'none'\n"
+    "log_min_error_statement = 'panic'\n"
+    "log_error_verbosity = 'terse'\n"
+)
+
+# Run in the kura database as a superuser: the daemons' role may use the
+# schema, nobody else may, and only the owner role may create in it.
+SCHEMA_PRIVILEGES_SQL = (
+    "REVOKE ALL ON SCHEMA public FROM PUBLIC;"
+    "GRANT USAGE ON SCHEMA public TO kura_vault;"
+    "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+    "ALTER SCHEMA public OWNER TO kura_owner;"
+)
+
+
+def roles_and_database_sql(passwords: dict[str, str] | None = None) -> str:
+    """SQL for psql, run as a superuser in the postgres database, that makes
+    the two roles and the kura database, each only if it is missing. Without
+    ``passwords`` the roles have none (the appliance uses peer authentication)."""
+    parts = []
+    for role in ROLES:
+        password = f" PASSWORD '{passwords[role]}'" if passwords else ""
+        parts.append(
+            f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role} LOGIN{password}; END IF; END$$;\n"
+        )
+    # CREATE DATABASE cannot run inside DO: psql runs the generated statement.
+    parts.append(
+        "SELECT 'CREATE DATABASE kura OWNER kura_owner' "
+        "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'kura')\\gexec\n"
+    )
+    return "".join(parts)
 
 
 def bindir() -> Path:
@@ -109,30 +146,15 @@ class Cluster:
                 f"unix_socket_directories = '{self.socket_dir}'\n"
                 "unix_socket_permissions = 0770\n"
                 "password_encryption = 'scram-sha-256'\n"
-                "log_statement = 'none'\n"
-                "log_min_error_statement = 'panic'\n"
-                "log_error_verbosity = 'terse'\n"
+                f"{QUIET_LOG_SETTINGS}"
                 "shared_buffers = '256MB'\n"
                 "max_connections = 100\n"
             )
         self.secrets_file.write_text(json.dumps(passwords))
         os.chmod(self.secrets_file, 0o600)
         self.start()
-        self.psql(
-            "postgres",
-            f"CREATE ROLE kura_owner LOGIN PASSWORD '{passwords['kura_owner']}';"
-            f"CREATE ROLE kura_vault LOGIN PASSWORD '{passwords['kura_vault']}';"
-            "CREATE DATABASE kura OWNER kura_owner;",
-            dbname="postgres",
-        )
-        self.psql(
-            "postgres",
-            "REVOKE ALL ON SCHEMA public FROM PUBLIC;"
-            "GRANT USAGE ON SCHEMA public TO kura_vault;"
-            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
-            "ALTER SCHEMA public OWNER TO kura_owner;",
-            dbname="kura",
-        )
+        self.psql("postgres", roles_and_database_sql(passwords), dbname="postgres")
+        self.psql("postgres", SCHEMA_PRIVILEGES_SQL, dbname="kura")
 
     def running(self) -> bool:
         return (self.datadir / "postmaster.pid").exists() and _pg_ctl_status(self)
