@@ -323,14 +323,28 @@ def clamp_times(root: Path, sde: int) -> None:
     os.utime(root, (sde, sde))
 
 
-def mkfs_ext4(image: Path, label: str, size_mib: int, sde: int, content: Path | None) -> None:
+def mke2fs(tools: Path) -> list[str]:
+    """trixie's mke2fs, run from a trixie tree (the image's own root) with its own
+    loader and libraries. Unlike bookworm's 1.47.0, 1.47.2 clamps every inode
+    time to SOURCE_DATE_EPOCH; the host's copies ctime and atime from the files,
+    which differ between two builds."""
+    loader = tools / "usr/lib64/ld-linux-x86-64.so.2"
+    binary = tools / "usr/sbin/mke2fs"
+    if not (loader.exists() and binary.exists()):
+        raise BuildError(f"no trixie mke2fs under {tools}")
+    return [str(loader), "--library-path", str(tools / "usr/lib/x86_64-linux-gnu"), str(binary),
+            "-t", "ext4"]
+
+
+def mkfs_ext4(image: Path, label: str, size_mib: int, sde: int, content: Path | None,
+              tools: Path) -> None:
     if image.exists():
         image.unlink()
     with image.open("wb") as f:
         f.truncate(size_mib * MiB)
     fs_uuid = fixed_uuid(f"filesystem:{label}")
     argv: list[str | Path] = [
-        "mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid,
+        *mke2fs(tools), "-q", "-F", "-L", label, "-U", fs_uuid,
         "-E", f"hash_seed={fixed_uuid('hash-seed:' + label)},lazy_itable_init=0,"
         "lazy_journal_init=0",
         "-b", "4096", "-I", "256", "-m", "1",
@@ -338,7 +352,9 @@ def mkfs_ext4(image: Path, label: str, size_mib: int, sde: int, content: Path | 
     if content is not None:
         argv += ["-d", content]
     argv.append(image)
-    run(argv, env={"E2FSPROGS_FAKE_TIME": str(sde)}, quiet=True)
+    conf = tools / "etc/mke2fs.conf"
+    run(argv, env={"E2FSPROGS_FAKE_TIME": str(sde), "SOURCE_DATE_EPOCH": str(sde),
+                   "MKE2FS_CONFIG": str(conf)}, quiet=True)
 
 
 def make_esp(image: Path, efi: Path, sde: int) -> None:
@@ -438,9 +454,10 @@ def build(out: Path, work_base: Path | None = None) -> Path:
             parts = [Part("esp", esp, ESP_MIB), Part("root", work / "root.img", root_mib),
                      Part("kura-keys", work / "keys.img", KEYS_MIB),
                      Part("kura-data", work / "data.img", DATA_MIB)]
-            mkfs_ext4(parts[1].image, "kura-root", root_mib, sde, root)
-            mkfs_ext4(parts[2].image, "kura-keys", KEYS_MIB, sde, None)
-            mkfs_ext4(parts[3].image, "kura-data", DATA_MIB, sde, None)
+            tools = root  # trixie's mke2fs; running it changes nothing in the tree
+            mkfs_ext4(parts[1].image, "kura-root", root_mib, sde, root, tools)
+            mkfs_ext4(parts[2].image, "kura-keys", KEYS_MIB, sde, None, tools)
+            mkfs_ext4(parts[3].image, "kura-data", DATA_MIB, sde, None, tools)
             print(f"      root {root_mib} MiB")
         raw = out / f"{IMAGE_NAME}.raw"
         qcow = out / f"{IMAGE_NAME}.qcow2"
