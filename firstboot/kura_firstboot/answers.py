@@ -79,7 +79,7 @@ def parse(text: str) -> Answers:
     for name in _REQUIRED:
         section, _, key = name.partition(".")
         if key not in raw.get(section, {}):
-            raise AnswersError(name, "is missing", "がありません")
+            raise AnswersError(name, "missing", "指定がありません")
     net = raw.get("network", {})
     host = raw.get("host", {})
     tls = raw.get("tls", {})
@@ -94,8 +94,8 @@ def parse(text: str) -> Answers:
             if key not in net:
                 raise AnswersError(
                     f"network.{key}",
-                    "is needed when network.mode is static",
-                    "は network.mode が static のとき必要です",
+                    "needed when network.mode is static",
+                    "network.mode が static のときは必須です",
                 )
         address = _get(net, "network.address", "", checks.interface_address)
         gateway = _get(net, "network.gateway", "", lambda v: checks.gateway(v, address or ""))
@@ -105,8 +105,8 @@ def parse(text: str) -> Answers:
             if key in net:
                 raise AnswersError(
                     f"network.{key}",
-                    "is only for network.mode = \"static\"",
-                    "は network.mode = \"static\" のときだけ指定できます",
+                    "only for network.mode = \"static\"",
+                    "network.mode = \"static\" のときだけ指定できます",
                 )
     if "interface" in net and "mac" in net:
         raise AnswersError("network.mac", "give interface or mac, not both",
@@ -127,8 +127,8 @@ def parse(text: str) -> Answers:
 
         for name in ("cert", "key"):
             if name not in tls:
-                raise AnswersError(f"tls.{name}", "is needed when tls.mode is import",
-                                   "は tls.mode が import のとき必要です")
+                raise AnswersError(f"tls.{name}", "needed when tls.mode is import",
+                                   "tls.mode が import のときは必須です")
         cert = _get(tls, "tls.cert", "", _text)
         key = _get(tls, "tls.key", "", _text)
         try:
@@ -171,15 +171,15 @@ def parse(text: str) -> Answers:
 def _check_keys(raw: dict[str, Any]) -> None:
     for key, value in raw.items():
         if key not in _SECTIONS[""]:
-            raise AnswersError(key, "is not a known setting", "は不明な設定です")
+            raise AnswersError(key, "unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
         if key in _SECTIONS:
             if not isinstance(value, dict):
                 raise AnswersError(
-                    key, "must be a [section]", "は [セクション] でなければなりません"
+                    key, "must be a [section]", "[セクション] として書いてください"
                 )
             for sub in value:
                 if sub not in _SECTIONS[key]:
-                    raise AnswersError(f"{key}.{sub}", "is not a known setting", "は不明な設定です")
+                    raise AnswersError(f"{key}.{sub}", "unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
 
 
 def _get(section: dict[str, Any], name: str, default: Any, check: Callable[[Any], Any]) -> Any:
@@ -189,29 +189,29 @@ def _get(section: dict[str, Any], name: str, default: Any, check: Callable[[Any]
     value = section[key]
     try:
         if isinstance(value, bool) or not isinstance(value, str | int | list):
-            raise BadValue("has the wrong type", "の型が正しくありません")
+            raise BadValue("wrong type", "値の型が正しくありません")
         return check(value)
     except BadValue as exc:
         raise AnswersError(name, exc.en, exc.ja) from None
     except (TypeError, AttributeError):
-        raise AnswersError(name, "has the wrong type", "の型が正しくありません") from None
+        raise AnswersError(name, "wrong type", "値の型が正しくありません") from None
 
 
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise BadValue("must be non-empty text", "は空でない文字列でなければなりません")
+        raise BadValue("must be non-empty text", "空でない文字列を指定してください")
     return value
 
 
 def _integer(value: Any) -> int:
     if not isinstance(value, int):
-        raise BadValue("must be a whole number", "は整数でなければなりません")
+        raise BadValue("must be a whole number", "整数を指定してください")
     return value
 
 
 def _interface_name(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) < 16 or "/" in value or " " in value:
-        raise BadValue("is not an interface name", "はインターフェース名ではありません")
+        raise BadValue("not an interface name", "インターフェース名ではありません")
     return value
 
 
@@ -267,8 +267,8 @@ def read_from_device(system: System, device: str) -> str:
             if not path.is_file():
                 raise AnswersError(
                     USB_FILE,
-                    f"is not on the {USB_LABEL} stick",
-                    f"が {USB_LABEL} の USB メモリにありません",
+                    f"not found on the {USB_LABEL} stick",
+                    f"{USB_LABEL} の USB メモリにありません",
                 )
             return path.read_text(encoding="utf-8")
         finally:

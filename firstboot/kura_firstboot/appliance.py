@@ -76,6 +76,19 @@ def make_seal(system: System, mode: str, threshold: int, count: int) -> list[str
     return sealing.init_shamir(keys_dir, root, threshold, count)
 
 
+def hand_keys_to_vault(system: System) -> None:
+    """The seal's files were written by root (0600): kura-vault must read them.
+    The folder stays kura-vault:root as tmpfiles.d sets it at every boot."""
+    uid, _ = system.user("kura-vault")
+    keys_dir = system.path(KEYS_DIR)
+    if os.geteuid() != 0:
+        return
+    os.chown(keys_dir, uid, 0)
+    for entry in keys_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chown(entry, uid, 0)
+
+
 def wipe_keys(system: System) -> None:
     """Remove every file of the seal (overwritten first where they hold a secret)."""
     keys_dir = system.path(KEYS_DIR)

@@ -214,8 +214,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "auto.found": ("応答ファイル: {where}", "Answers file: {where}"),
     "answers.bad": (
-        "応答ファイルの {field} が正しくありません: {reason}",
-        "The answers file's {field} is wrong: {reason}",
+        "応答ファイルの {field} に誤りがあります: {reason}",
+        "Answers file, {field}: {reason}",
     ),
     "answers.fallback": (
         "自動設定は行いません。コンソールで対話式に設定してください。",

@@ -348,6 +348,7 @@ class Wizard:
         seal = appliance.read_seal(self.system)
         if seal is None:
             raise StepFailed("the root key is not sealed", "ルート鍵が封印されていません")
+        appliance.hand_keys_to_vault(self.system)
         if seal.mode == "creds":
             restart |= appliance.install_seal_dropin(self.system)
         self.term.say("vault.starting")
