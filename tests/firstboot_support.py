@@ -105,7 +105,7 @@ class Recorder:
         )
 
 
-class TestSystem(System):
+class FakeRootSystem(System):
     """A System on a fake root; migrations go to a real test cluster if given."""
 
     owner_dsn: str | None = None
@@ -116,10 +116,10 @@ class TestSystem(System):
         return super().migrate(self.owner_dsn)
 
 
-def make_system(base: Path) -> tuple[TestSystem, Recorder]:
+def make_system(base: Path) -> tuple[FakeRootSystem, Recorder]:
     root = fake_root(base)
     recorder = Recorder(root)
-    return TestSystem(root, runner=recorder), recorder
+    return FakeRootSystem(root, runner=recorder), recorder
 
 
 # --- a LAN: a veth in this namespace, its peer (the gateway) in another -------------

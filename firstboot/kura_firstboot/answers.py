@@ -38,6 +38,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"username", "password"}),
 }
 _REQUIRED = ("host.hostname", "seal.mode", "admin.password")
+_UNKNOWN = ("unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def parse(text: str) -> Answers:
 def _check_keys(raw: dict[str, Any]) -> None:
     for key, value in raw.items():
         if key not in _SECTIONS[""]:
-            raise AnswersError(key, "unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
+            raise AnswersError(key, *_UNKNOWN)
         if key in _SECTIONS:
             if not isinstance(value, dict):
                 raise AnswersError(
@@ -179,7 +180,7 @@ def _check_keys(raw: dict[str, Any]) -> None:
                 )
             for sub in value:
                 if sub not in _SECTIONS[key]:
-                    raise AnswersError(f"{key}.{sub}", "unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
+                    raise AnswersError(f"{key}.{sub}", *_UNKNOWN)
 
 
 def _get(section: dict[str, Any], name: str, default: Any, check: Callable[[Any], Any]) -> Any:

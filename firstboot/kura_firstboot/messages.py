@@ -153,6 +153,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "すべてのシェアを確認しました（解錠には {m} 個必要）。",
         "All shares confirmed ({m} unseal).",
     ),
+    "seal.shares_console": (
+        "{n} 個のシェアをコンソール（/dev/console）にだけ表示しました。"
+        "ジャーナルには記録していません。",
+        "{n} shares were printed on the console (/dev/console) only, not in the journal.",
+    ),
     "seal.unconfirmed": (
         "封印は作成済みですが、シェアを書き留めた確認がありません。"
         "そのシェアは二度と表示できません。",

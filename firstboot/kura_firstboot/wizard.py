@@ -330,7 +330,12 @@ class Wizard:
 
     def _show_shares(self, mode: str, shares: list[str], threshold: int) -> None:
         intro = "seal.shares_tpm" if mode == "tpm" else "seal.shares_custodian"
-        self.term.say(intro, m=threshold, n=len(shares))
+        if self.unattended:
+            # Progress goes to the journal; the shares and their intro only to the console.
+            self.term.say("seal.shares_console", n=len(shares))
+            self.term.secret(intro, text(intro, self.term.lang, m=threshold, n=len(shares)))
+        else:
+            self.term.say(intro, m=threshold, n=len(shares))
         for i, share in enumerate(shares, 1):
             while True:
                 self.term.secret("seal.share", f"{i}/{len(shares)} {share}")
@@ -338,7 +343,8 @@ class Wizard:
                     break
                 self.term.say("seal.share.again", number=i)
             self.term.clear()
-        self.term.say("seal.shares_done", m=threshold)
+        if not self.unattended:
+            self.term.say("seal.shares_done", m=threshold)
 
     # --- the vault -----------------------------------------------------------------------------
 
