@@ -36,6 +36,7 @@ import base64
 import codecs
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -47,7 +48,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -198,6 +199,21 @@ def _drain(stream: IO[bytes], into: bytearray) -> None:
         into.extend(chunk)
 
 
+def _image_identity(image: Path, stamp: Path) -> dict[str, Any]:
+    """The image's SHA-256, hashed again only when its size, mtime or inode changed."""
+    st = image.stat()
+    key = [st.st_size, st.st_mtime_ns, st.st_ino]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known: dict[str, Any] = json.loads(stamp.read_text())
+        if known["stat"] == key and isinstance(known["sha256"], str):
+            return known
+    digest = hashlib.sha256()
+    with image.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"stat": key, "sha256": digest.hexdigest()}
+
+
 def kvm_works() -> bool:
     """True when guests can run under KVM here (see `probe_kvm`); cached per process."""
     return probe_kvm().works
@@ -215,7 +231,6 @@ class SerialConsole:
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
-        self._text: list[str] = []
         self._joined = ""
         self._cursor = 0
         self._pending = ""
@@ -285,7 +300,7 @@ class SerialConsole:
         return self.text[-size:]
 
     def expect(self, pattern: str | re.Pattern[str], timeout: float,
-               describe_exit: Any = None) -> re.Match[str]:
+               describe_exit: Callable[[], str] | None = None) -> re.Match[str]:
         """Wait until `pattern` (re.MULTILINE) matches output after the cursor.
 
         Raises ConsoleTimeout (with the last 2 KB of output) on timeout or when the
@@ -329,14 +344,22 @@ class QMP:
     def __init__(self, path: Path, timeout: float = 10) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        self._sock.connect(str(path))
+        try:
+            self._sock.connect(str(path))
+        except OSError:
+            self._sock.close()
+            raise
         self._file = self._sock.makefile("rwb")
         self._lock = threading.Lock()
         self.events: list[dict[str, Any]] = []
-        greeting = self._receive()
-        if "QMP" not in greeting:
-            raise QMPError(f"not a QMP greeting: {greeting}")
-        self.execute("qmp_capabilities")
+        try:
+            greeting = self._receive()
+            if "QMP" not in greeting:
+                raise QMPError(f"not a QMP greeting: {greeting}")
+            self.execute("qmp_capabilities")
+        except QMPError:
+            self.close()
+            raise
 
     def _receive(self) -> dict[str, Any]:
         try:
@@ -453,6 +476,11 @@ class VM:
         return self.state_dir / "tpm"
 
     @property
+    def image_stamp(self) -> Path:
+        """Which image (SHA-256) the overlay was made from."""
+        return self.state_dir / "image.json"
+
+    @property
     def serial_log(self) -> Path:
         return self.state_dir / "serial.log"
 
@@ -507,7 +535,7 @@ class VM:
         """Forget the machine: remove overlay, EFI variables and TPM state (VM must be off)."""
         if self.running:
             raise VMError("stop the VM before resetting its state")
-        for path in (self.overlay, self.efi_vars):
+        for path in (self.overlay, self.efi_vars, self.image_stamp):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.tpm_dir, ignore_errors=True)
 
@@ -518,13 +546,28 @@ class VM:
             raise VMError(f"no UEFI firmware at {OVMF_CODE} (apt-get install ovmf)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.tpm_dir.mkdir(mode=0o700, exist_ok=True)
+        identity = _image_identity(self.image, self.image_stamp)
         if not self.overlay.exists():
             partial = self.overlay.with_suffix(".partial")
             run([QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2",
                  "-b", str(self.image), str(partial)])
             if self.grow:
                 run([QEMU_IMG, "resize", "-q", str(partial), self.grow])
+            self.image_stamp.write_text(json.dumps(identity))
             partial.rename(self.overlay)
+        else:
+            # An overlay records changes to *these* bytes of the image; over a rebuilt image
+            # with other bytes it is a corrupt disk. Refuse rather than boot garbage.
+            try:
+                made_from = json.loads(self.image_stamp.read_text())["sha256"]
+            except (OSError, ValueError, KeyError, TypeError):
+                made_from = None
+            if made_from != identity["sha256"]:
+                raise VMError(f"{self.image} is not the image this machine's disk "
+                              f"({self.overlay}) was made from; start over with --fresh "
+                              "(VM.reset_state()), which forgets the machine")
+            if identity != json.loads(self.image_stamp.read_text()):
+                self.image_stamp.write_text(json.dumps(identity))  # same bytes, new file
         if not self.efi_vars.exists():
             shutil.copyfile(OVMF_VARS, self.efi_vars)
 
@@ -629,6 +672,8 @@ class VM:
                 if time.monotonic() > deadline:
                     raise VMError(f"qemu's QMP socket {sock} did not answer within 15 s") from e
                 time.sleep(0.05)
+            except (QMPError, OSError) as e:
+                raise VMError(f"qemu's QMP socket {sock}: {e}") from e
 
     def _last_error(self) -> str:
         try:

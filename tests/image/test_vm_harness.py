@@ -109,3 +109,19 @@ def test_credential_names_are_checked(tmp_path: Path) -> None:
         machine.credential("kura,setup", b"x")
     with pytest.raises(VMError, match="no disk image"):
         machine.start()
+
+
+def test_a_rebuilt_image_is_not_booted_under_an_old_disk(vm_factory: VMFactory,
+                                                          tmp_path: Path) -> None:
+    base = blank_disk(tmp_path / "image.qcow2")
+    with vm_factory(base, memory_mib=128) as first:
+        first.start()
+    run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(base), "32M"])  # "rebuilt", other bytes
+    again = vm_factory(base, memory_mib=128)  # same state folder: the same machine
+    with pytest.raises(VMError, match="not the image this machine's disk"):
+        again.start()
+    assert not again.running
+    again.reset_state()
+    again.start()
+    assert again.qmp.execute("query-status")["status"] in ("running", "prelaunch")
+    again.close()
