@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -500,6 +501,7 @@ def verify_repro(out: Path) -> int:
     a, b = out / "repro-a", out / "repro-b"
     for d in (a, b):
         shutil.rmtree(d, ignore_errors=True)
+    os.environ["SOURCE_DATE_EPOCH"] = str(source_date_epoch())  # one commit time for both
     build(a)
     build(b)
     differ = []
@@ -511,37 +513,63 @@ def verify_repro(out: Path) -> int:
               f"for {IMAGE_NAME}.raw")
         return 0
     print(f"NOT reproducible: {', '.join(differ)} differ")
-    if "kura.raw" in differ:
-        print("differing files inside the root filesystem:")
-        for name in diff_root(a / "kura.raw", b / "kura.raw"):
-            print(f"  {name}")
+    if f"{IMAGE_NAME}.raw" in differ:
+        for line in diff_partitions(a / f"{IMAGE_NAME}.raw", b / f"{IMAGE_NAME}.raw"):
+            print(f"  {line}")
     return 1
 
 
-def diff_root(raw_a: Path, raw_b: Path) -> list[str]:
-    """Names of files whose content or metadata differ between two images' roots."""
-    listings = []
-    for raw in (raw_a, raw_b):
-        out = run(["sfdisk", "--json", raw], quiet=True)
-        m = re.search(r'"start":\s*(\d+),\s*"size":\s*(\d+),[^}]*"name":\s*"root"', out)
-        if not m:
-            return ["(no root partition found)"]
-        start, size = int(m.group(1)) * 512, int(m.group(2)) * 512
-        part = raw.with_suffix(".root")
-        with raw.open("rb") as src, part.open("wb") as dst:
-            src.seek(start)
-            remaining = size
-            while remaining:
-                block = src.read(min(remaining, 16 * MiB))
-                dst.write(block)
-                remaining -= len(block)
-        listing = run(["debugfs", "-R", "rdump / " + str(part.parent / (part.name + ".d")), part],
-                      quiet=True)
-        del listing
-        listings.append(part.parent / (part.name + ".d"))
-    proc = subprocess.run(["diff", "-rq", "--no-dereference", str(listings[0]), str(listings[1])],
-                          capture_output=True, text=True, check=False)
-    return proc.stdout.splitlines()[:50] or ["(contents equal; metadata or layout differ)"]
+def partitions(raw: Path) -> dict[str, tuple[int, int]]:
+    """name → (byte offset, byte size) from the image's GPT."""
+    table = json.loads(run(["sfdisk", "--json", raw], quiet=True))["partitiontable"]
+    return {p["name"]: (p["start"] * 512, p["size"] * 512) for p in table["partitions"]}
+
+
+def extract(raw: Path, offset: int, size: int, dest: Path) -> Path:
+    with raw.open("rb") as src, dest.open("wb") as dst:
+        src.seek(offset)
+        remaining = size
+        while remaining:
+            block = src.read(min(remaining, 16 * MiB))
+            dst.write(block)
+            remaining -= len(block)
+    return dest
+
+
+def unpack(part: Path, fs: str) -> Path:
+    """A partition image's files in a folder beside it (debugfs / mtools, no mounts)."""
+    tree = part.with_suffix(".d")
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir()
+    if fs == "vfat":
+        run(["mcopy", "-s", "-m", "-n", "-i", part, "::/*", tree],
+            env={"MTOOLS_SKIP_CHECK": "1"}, quiet=True)
+    else:
+        run(["debugfs", "-R", f"rdump / {tree}", part], quiet=True)
+    return tree
+
+
+def diff_partitions(raw_a: Path, raw_b: Path) -> list[str]:
+    """Which partitions differ, and for each, which files (or only metadata)."""
+    found: list[str] = []
+    pa, pb = partitions(raw_a), partitions(raw_b)
+    for name in sorted(set(pa) | set(pb)):
+        if pa.get(name, (0, 0))[1] != pb.get(name, (0, 0))[1]:
+            found.append(f"partition {name}: sizes differ")
+            continue
+        parts = [extract(raw, *table[name], raw.parent / f"{name}.part")
+                 for raw, table in ((raw_a, pa), (raw_b, pb))]
+        if sha256(parts[0]) == sha256(parts[1]):
+            continue
+        fs = "vfat" if name == "esp" else "ext4"
+        trees = [unpack(p, fs) for p in parts]
+        proc = subprocess.run(["diff", "-rq", "--no-dereference", str(trees[0]), str(trees[1])],
+                              capture_output=True, text=True, check=False)
+        lines = proc.stdout.splitlines()
+        found.append(f"partition {name}: " + (f"{len(lines)} files differ" if lines else
+                                              "same files; times, order or metadata differ"))
+        found += [f"    {line}" for line in lines[:40]]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
