@@ -77,9 +77,13 @@ class Api:
     totp_secret: str = ""
     role: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # False for an appliance reached through a forwarded port: its certificate
+    # names the appliance, not 127.0.0.1; the caller pins the certificate instead.
+    check_hostname: bool = True
 
     def _connection(self) -> http.client.HTTPSConnection:
         context = ssl.create_default_context(cafile=str(self.cafile))
+        context.check_hostname = self.check_hostname
         parts = urlsplit(self.base)
         assert parts.hostname and parts.port
         return http.client.HTTPSConnection(parts.hostname, parts.port, context=context,
@@ -125,7 +129,7 @@ class Api:
         return self.request("DELETE", path, **kw)
 
     def anonymous(self) -> Api:
-        return Api(self.base, self.cafile)
+        return Api(self.base, self.cafile, check_hostname=self.check_hostname)
 
     def totp_code(self) -> str:
         return pyotp.TOTP(self.totp_secret).now()
@@ -138,7 +142,7 @@ class Api:
         r = self.anonymous().post("/session", body)
         assert r.status == 200, (r.status, r.body[:300])
         return Api(self.base, self.cafile, r.json["token"], username, password, totp_secret,
-                   r.json["role"])
+                   r.json["role"], check_hostname=self.check_hostname)
 
 
 NEW_PASSWORD_SUFFIX = "-Kura!2026"
