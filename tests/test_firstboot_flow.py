@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -305,3 +306,33 @@ password = "{PASSWORD}"
     again = io.StringIO()
     assert main.run_auto(system, creds, again, io.StringIO(), usb_wait=0) == 0
     assert "[auto.already]" in again.getvalue()
+
+
+def test_after_setup_the_terminal_shows_the_status_at_once(tmp_path: Path) -> None:
+    """A terminal started after an unattended run shows the URL and the
+    fingerprint without asking anything first (the image tests read them)."""
+    system, _ = make_system(tmp_path)
+    from kura_firstboot import certificate
+    from kura_firstboot.journal import Journal
+
+    journal = Journal.load(system)
+    journal.complete("network", {"interface": "nonexistent0"})
+    journal.complete("hostname", {"hostname": "kura01"})
+    certificate.make_self_signed(system, ["kura01"])
+    (system.root / "var/lib/kura/firstboot.done").write_text("done\n")
+    serial = SerialLine()
+    thread, result = run_in_thread(
+        lambda: main.run_tty(system, serial.infd, serial.out, "vt220", "ttyS0", FAST))
+    assert "https://kura01/" in serial.expect("status.url")
+    assert re.search(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", serial.expect("status.fingerprint"))
+    serial.expect("status.vault.down")
+    serial.expect("menu")
+    serial.send("language")
+    serial.expect("language")
+    serial.send("en")
+    assert "Web console" in serial.expect("status.url")
+    serial.expect("menu")
+    serial.hang_up()
+    thread.join(10)
+    assert result == [0]
+    assert serial.tags()[0] == "status.title"

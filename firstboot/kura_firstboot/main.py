@@ -154,7 +154,9 @@ def run_tty(
     try:
         if on_vt:
             term.say("language.vt")
-        term.lang = choose_language(term, "en" if on_vt else "ja")
+        if not system.exists(STAMP_FILE):
+            # Once set up, the status screen comes at once (the menu changes language).
+            term.lang = choose_language(term, "en" if on_vt else "ja")
         while not system.exists(STAMP_FILE):
             with SetupLock(system, tty_name).held(term, system):
                 if system.exists(STAMP_FILE):

@@ -249,6 +249,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "menu.reboot": ("再起動", "reboot"),
     "menu.poweroff": ("電源を切る", "shut down"),
     "menu.reset": ("工場出荷状態に戻す", "factory reset"),
+    "menu.language": ("言語 / Language", "language / 言語"),
     "menu.sure": ("本当に実行しますか（yes/no）", "Really do it (yes/no)"),
     "reset.warning": (
         "工場出荷状態に戻すと、鍵・データベース・設定がすべて消去され、元に戻せません。",

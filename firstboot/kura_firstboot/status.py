@@ -21,6 +21,7 @@ from kura_firstboot.terminal import Terminal
 
 RESET_WORD = "ERASE"
 REFRESH_SECONDS = 300.0
+REFRESH_NOT_OPEN = 10.0  # a vault starting or sealed: show its change soon
 
 
 def address(system: System, journal: Journal) -> str:
@@ -60,15 +61,21 @@ def screen(system: System, term: Terminal, refresh: float = REFRESH_SECONDS) -> 
         if sealed:
             options.append(("unseal", "menu.unseal"))
         options += [("reboot", "menu.reboot"), ("poweroff", "menu.poweroff"),
-                    ("reset", "menu.reset")]
+                    ("reset", "menu.reset"), ("language", "menu.language")]
         try:
-            choice = term.choose("menu", options, "refresh")
+            wait = refresh if status and not sealed else min(refresh, REFRESH_NOT_OPEN)
+            choice = term.choose("menu", options, "refresh", timeout=wait)
         except InputTimeout:
             term.write_newline()
             continue
         try:
             if choice == "network":
                 show_network(term)
+            elif choice == "language":
+                chosen = term.choose(
+                    "language", [("ja", "language.ja"), ("en", "language.en")], term.lang
+                )
+                term.lang = "ja" if chosen == "ja" else "en"
             elif choice == "unseal" and status is not None:
                 unseal(system, term, int(str(status.get("shares_needed") or 0)))
             elif choice in ("reboot", "poweroff"):

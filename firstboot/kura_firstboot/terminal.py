@@ -126,6 +126,8 @@ class Terminal:
         msg_id: str,
         options: Sequence[tuple[str, str]],
         default: str | None = None,
+        *,
+        timeout: float | None = None,
         **values: object,
     ) -> str:
         """One of ``options`` ((value, label message id) pairs): by number or by value."""
@@ -136,7 +138,7 @@ class Terminal:
             (str(i) for i, (value, _) in enumerate(options, 1) if value == default), None
         )
         while True:
-            answer = self._ask(msg_id, default_number, False, None, labels, values)
+            answer = self._ask(msg_id, default_number, False, timeout, labels, values)
             for i, (value, _) in enumerate(options, 1):
                 if answer.lower() in (str(i), value.lower()):
                     return value
