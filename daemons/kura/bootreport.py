@@ -44,9 +44,9 @@ def vault_state(socket: Path) -> str:
             return "uninitialised"
         return "sealed" if status.get("sealed") else "unsealed"
 
-    if not socket.exists():
-        return "down"
     try:
+        if not socket.exists():
+            return "down"
         return asyncio.run(asyncio.wait_for(ask(), 10))
     except (KuraError, OSError, TimeoutError):
         return "down"
