@@ -140,8 +140,8 @@ def test_unattended_tpm_setup_reboot_and_disk_theft(kura_vm: VM, tmp_path: Path)
     ids = {}
     for i, number in enumerate(numbers):
         r = mu.post("/payees", {"code": f"P-{i}", "name": f"{marker} {i}", "number": number})
-        assert r.status == 200, r.body[:300]
-        ids[number] = r.json["id"]
+        assert r.status == 201, r.body[:300]
+        ids[number] = r.json["subject"]["id"]
     for number, sid in ids.items():
         shown = mu.post(f"/subjects/{sid}/reveal", {"purpose": "payment_record"})
         assert shown.status == 200 and shown.json["number"] == number
