@@ -112,9 +112,12 @@ class Terminal:
             prompt += f" ({choices})"
         if default:
             prompt += f" [{default}]"
-        self.out.write(prompt + ": ")
-        self.out.flush()
+        # Echo goes off before the prompt shows: whoever answers as soon as it
+        # appears (a person typing ahead, a program on the serial line) must
+        # not see the password echoed.
         with self._no_echo(secret):
+            self.out.write(prompt + ": ")
+            self.out.flush()
             answer = self.read_line(timeout)
         if secret:
             self.out.write("\n")
@@ -173,8 +176,9 @@ class Terminal:
         old = termios.tcgetattr(self.infd)
         new = list(old)
         new[3] = new[3] & ~termios.ECHO
-        termios.tcsetattr(self.infd, termios.TCSAFLUSH, new)
+        # TCSANOW, not TCSAFLUSH: flushing would throw away what was typed ahead.
+        termios.tcsetattr(self.infd, termios.TCSANOW, new)
         try:
             yield
         finally:
-            termios.tcsetattr(self.infd, termios.TCSAFLUSH, old)
+            termios.tcsetattr(self.infd, termios.TCSANOW, old)

@@ -209,6 +209,7 @@ def test_custodian_shares_interactive_wizard_with_network_revert(kura_vm: VM,
     machine.expect(r"\[finish\.done\]", timeout=BOOT)
     fingerprint = console_fingerprint(machine)
     assert len(set(shares)) == 3
+    assert DA_PASSWORD not in machine.console.text, "the password was echoed on the console"
 
     assert machine.shutdown(timeout=180)
     mark = len(machine.console.text)
