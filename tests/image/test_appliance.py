@@ -200,7 +200,8 @@ def test_custodian_shares_interactive_wizard_with_network_revert(kura_vm: VM,
     answer("seal.threshold", "2")
     shares = []
     for i in range(1, 4):
-        m = machine.expect(rf"\[seal\.share\] {i}/3 ((?:[a-z]+ )+[a-z]+)", timeout=BOOT)
+        # Up to the end of the line: the serial port delivers it a piece at a time.
+        m = machine.expect(rf"\[seal\.share\] {i}/3 ([a-z ]+?) *\r?\n", timeout=BOOT)
         shares.append(m.group(1).strip())
         answer("seal.share.confirm", "yes")
     answer("admin.username", "")
