@@ -18,6 +18,7 @@ Two machines:
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import ssl
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.image.conftest import VMFactory
 from tests.support import Api, activate, my_numbers, provision
 from vm import VM
 
@@ -229,3 +231,24 @@ def test_custodian_shares_interactive_wizard_with_network_revert(kura_vm: VM,
     assert two.status == 200 and two.json["sealed"] is False, two.body[:300]
     da = api.sign_in("admin", DA_PASSWORD)
     assert da.role == "DA"
+
+
+def test_unattended_setup_from_a_kura_setup_usb_stick(kura_image: Path, vm_factory: VMFactory,
+                                                      tmp_path: Path) -> None:
+    """IT staff without a hypervisor credential put the answers on a stick."""
+    stick = tmp_path / "stick.img"
+    answers_file = tmp_path / "kura-setup.toml"
+    answers_file.write_bytes(answers("tpm"))
+    subprocess.run(["mkfs.vfat", "-n", "KURA-SETUP", "-C", str(stick), "8192"], check=True,
+                   capture_output=True)
+    subprocess.run(["mcopy", "-i", str(stick), str(answers_file), "::/kura-setup.toml"],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    machine = vm_factory(kura_image, grow="+1G", usb_stick=stick)
+    machine.start()
+    machine.expect(r"\[auto\.found\][^\n]*KURA-SETUP", timeout=BOOT)
+    report = boot_report(machine)
+    assert report.group(2) == "unsealed", machine.console.tail()
+    assert report.group(1) == "0", f"failed units: {report.group(5)}"
+    api = pinned_api(machine, tmp_path, console_fingerprint(machine))
+    da = activate(api.sign_in("admin", DA_PASSWORD), DA_PASSWORD)
+    assert da.get("/users").status == 200
