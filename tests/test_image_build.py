@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -175,3 +176,27 @@ def test_build_refuses_a_host_without_a_real_dev_null(monkeypatch: pytest.Monkey
     monkeypatch.setattr(build.Path, "is_char_device", lambda self: False)
     with pytest.raises(build.BuildError, match="/dev/null"):
         build.check_host(tmp_path)
+
+
+def test_provisioning_installs_and_enables_every_unit_of_the_repository() -> None:
+    sys.path.insert(0, str(TOP / "provisioning"))
+    import provision
+
+    units = {p.name for p in (TOP / "systemd").glob("*.service")}
+    enabled = {re.sub(r"@.+\.service$", "@.service", u) for u in provision.ENABLE
+               if u.startswith("kura")}
+    assert enabled == units, "a unit in systemd/ is not enabled on the image (or vice versa)"
+    # The consoles belong to kura-tty@: no login prompt on tty1 or the serial port.
+    assert {"getty@tty1.service", "serial-getty@ttyS0.service"} <= set(provision.MASK)
+    assert {"kura-tty@tty1.service", "kura-tty@ttyS0.service"} <= set(provision.ENABLE)
+
+
+def test_image_fstab_mounts_keys_and_data_by_label_without_exec() -> None:
+    fstab = (TOP / "provisioning/files/etc/fstab").read_text()
+    rows = {f[1]: f for f in (line.split() for line in fstab.splitlines())
+            if f and not f[0].startswith("#")}
+    assert rows["/var/lib/kura-keys"][0] == "LABEL=kura-keys"
+    assert rows["/var/lib/postgresql"][0] == "LABEL=kura-data"
+    for mount in ("/var/lib/kura-keys", "/var/lib/postgresql"):
+        assert {"nosuid", "nodev", "noexec"} <= set(rows[mount][3].split(","))
+    assert "x-systemd.growfs" in rows["/var/lib/postgresql"][3]
