@@ -140,13 +140,17 @@ def scrub(root: Path) -> None:
         p = root / rel
         if p.is_symlink() or p.exists():
             p.unlink()
+    # No cluster from the build (kura-data is mounted over /var/lib/postgresql;
+    # the wizard makes the cluster there), and no SSH host key if a package
+    # ever brings an SSH server.
     for d in (root / "etc/postgresql", root / "var/lib/postgresql"):
-        if d.exists():
-            for child in d.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    for sub in ("etc/ssh",):
-        for key in (root / sub).glob("ssh_host_*") if (root / sub).exists() else []:
-            key.unlink()
+        for child in d.iterdir() if d.exists() else []:
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
     (root / "etc/hostname").write_text("kura\n")
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tkura\n::1\tlocalhost\n")
     (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
@@ -158,7 +162,6 @@ def scrub(root: Path) -> None:
     for mnt in ("var/lib/kura-keys", "var/lib/postgresql", "efi"):
         (root / mnt).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "var/lib/kura-keys", 0o700)
-    # A later kernel package must not make a cluster or initrd behind our back.
     say("machine-id, snakeoil key, clusters and host files removed")
 
 
