@@ -14,7 +14,6 @@ import asyncio
 import os
 import pwd
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kura.console.vaultclient import VaultClient
+from kura.fsutil import fsync_dir, write_atomic
 from kura.proc import run as proc_run
 
 Runner = Callable[[Sequence[str], bytes | None], bytes]
@@ -90,20 +90,7 @@ class System:
         except FileNotFoundError:
             pass
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), mode)
-                if owner is not None and os.geteuid() == 0:
-                    os.fchown(f.fileno(), *owner)
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        write_atomic(target, body, mode, owner)
         return True
 
     def remove(self, where: str | Path) -> bool:
@@ -189,10 +176,3 @@ class System:
 
         return schema.migrate(owner_dsn)
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ import shamir_mnemonic
 
 from kura.core.errors import BadRequest, CommandFailed, Conflict, SealDamaged, UnsealFailed
 from kura.core.keys import ROOT_KEY_BYTES, check_root_key, root_check_value
+from kura.fsutil import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def init_creds(
         threshold, count = recovery
         mnemonics, identifier = _make_shares(root_key, threshold, count)
     _prepare_dir(keys_dir)
-    _write_atomic(keys_dir / CRED_FILE, blob)
+    write_atomic(keys_dir / CRED_FILE, blob)
     if _decrypt_cred(keys_dir) != root_key:
         raise SealDamaged(en="systemd-creds gave back a different key; the seal was not made.")
     _commit(
@@ -344,7 +344,7 @@ def init_host(keys_dir: Path, root_key: bytes, *, replace: bool = False) -> None
     _prepare_dir(keys_dir)
     path = keys_dir / HOST_KEY_FILE
     log.warning(_HOST_WARNING, path)
-    _write_atomic(path, root_key)
+    write_atomic(path, root_key)
     _commit(keys_dir, SealInfo(mode="host", check_value=root_check_value(root_key), created=_now()))
 
 
@@ -397,12 +397,12 @@ def _commit(keys_dir: Path, info: SealInfo) -> None:
     """Write seal.json (the commit point), then drop files of other modes."""
     _prepare_dir(keys_dir)
     body = json.dumps(info.to_json(), indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(keys_dir / SEAL_FILE, body.encode())
+    write_atomic(keys_dir / SEAL_FILE, body.encode())
     keep = {"creds": CRED_FILE, "host": HOST_KEY_FILE}.get(info.mode)
     for name in _SECRET_FILES:
         if name != keep:
             (keys_dir / name).unlink(missing_ok=True)
-    _fsync_dir(keys_dir)
+    fsync_dir(keys_dir)
 
 
 def _require_seal(keys_dir: Path, mode: SealMode) -> SealInfo:
@@ -430,28 +430,6 @@ def _now() -> str:
 def _prepare_dir(keys_dir: Path) -> None:
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(keys_dir, 0o700)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _run(argv: list[str], input: bytes | None = None) -> bytes:
