@@ -249,9 +249,36 @@ def test_unattended_setup_from_a_kura_setup_usb_stick(kura_image: Path, vm_facto
     report = boot_report(machine)
     assert report.group(2) == "unsealed", machine.console.tail()
     assert report.group(1) == "0", f"failed units: {report.group(5)}"
-    api = pinned_api(machine, tmp_path, console_fingerprint(machine))
+    fingerprint = console_fingerprint(machine)
+    api = pinned_api(machine, tmp_path, fingerprint)
     da = activate(api.sign_in("admin", DA_PASSWORD), DA_PASSWORD)
     assert da.get("/users").status == 200
+    assert provision(da, "clerk-old", "MU").role == "MU"
+
+    # Factory reset from the serial console's menu, guarded by the DA's
+    # password (and TOTP) and a typed word; the stick is still in, so the
+    # appliance sets itself up again from scratch.
+    def answer(tag: str, value: str) -> None:
+        machine.expect(re.escape(f"[{tag}]") + r"[^\n]*: $", timeout=120)
+        machine.send(value)
+
+    machine.send("")
+    answer("menu", "reset")
+    answer("reset.username", "admin")
+    answer("reset.password", da.password)
+    time.sleep(31 - time.time() % 30)  # a fresh TOTP window: a used code is refused
+    answer("reset.totp", da.totp_code())
+    answer("reset.confirm", "ERASE")
+    mark = len(machine.console.text)
+    machine.expect(r"Linux version", timeout=BOOT)
+    again = boot_report(machine, mark)
+    assert again.group(2) == "unsealed" and again.group(1) == "0", machine.console.tail()
+    new_fingerprint = console_fingerprint(machine, mark)
+    assert new_fingerprint != fingerprint, "the reset kept the old TLS key"
+    fresh = pinned_api(machine, tmp_path, new_fingerprint).sign_in("admin", DA_PASSWORD)
+    users = activate(fresh, DA_PASSWORD).get("/users").json
+    assert "clerk-old" not in str(users), "the reset kept the old accounts"
+    assert da.password not in machine.console.text
 
 
 def test_power_cut_during_unattended_setup_resumes_cleanly(kura_vm: VM, tmp_path: Path) -> None:
