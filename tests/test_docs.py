@@ -20,7 +20,7 @@ def test_every_route_is_in_the_api_page() -> None:
 def test_readme_opens_with_the_two_commands() -> None:
     readme = (TOP / "README.md").read_text()
     head = readme[: readme.index("## ")]
-    assert "./build.sh dev" in head and "./build.sh test" in head
+    assert "./build.sh run" in head and "./build.sh test" in head
     assert "build.sh test" in (TOP / ".ci" / "run").read_text()
 
 
@@ -29,5 +29,5 @@ def test_build_sh_help_lists_its_commands() -> None:
 
     out = subprocess.run([str(TOP / "build.sh"), "help"], capture_output=True, text=True,
                          check=True).stdout
-    for command in ("dev", "test"):
-        assert f"  {command} " in out
+    for command in ("run", "image", "image-lock", "verify-repro", "dev", "test"):
+        assert f"  {command}" in out
