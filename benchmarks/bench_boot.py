@@ -50,7 +50,6 @@ def https_answers(port: int) -> bool:
 
 
 def one_boot(machine: VM, label: str) -> dict[str, float]:
-    mark = len(machine.console.text)
     t0 = time.monotonic()
     machine.start()
     machine.expect(r"Linux version", timeout=600)
@@ -60,7 +59,6 @@ def one_boot(machine: VM, label: str) -> dict[str, float]:
             raise SystemExit(f"{label}: the console never answered")
         time.sleep(0.5)
     answered = time.monotonic() - t0
-    assert len(machine.console.text) > mark
     return {"kernel": kernel, "console": answered}
 
 

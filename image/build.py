@@ -154,12 +154,13 @@ def check_host(out: Path) -> None:
         raise BuildError(f"only {free >> 20} MiB free under {out}; the build needs about 8 GiB")
 
 
-def mirrors() -> tuple[str, str]:
-    """The Debian archive and security mirrors, read from the host's apt sources."""
+def mirrors(apt_etc: Path = Path("/etc/apt")) -> tuple[str, str]:
+    """The Debian archive and security mirrors, read from the host's apt sources
+    (one-line and deb822 formats) unless KURA_MIRROR / KURA_SECURITY_MIRROR say."""
     main = os.environ.get("KURA_MIRROR", "")
     security = os.environ.get("KURA_SECURITY_MIRROR", "")
     uris: list[str] = []
-    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+    for f in [apt_etc / "sources.list", *sorted((apt_etc / "sources.list.d").glob("*"))]:
         if not f.is_file() or f.suffix not in ("", ".list", ".sources"):
             continue
         for line in f.read_text(errors="replace").splitlines():
@@ -424,14 +425,14 @@ def sha256(path: Path) -> str:
 # -- commands -------------------------------------------------------------------------
 
 
-def build(out: Path, work_base: Path | None = None) -> Path:
+def build(out: Path, sde: int | None = None) -> Path:
     steps = Steps(6)
-    sde = source_date_epoch()
+    sde = source_date_epoch() if sde is None else sde
     with steps.step("checking the host"):
         check_host(out)
         pins = read_lock()
         print(f"      SOURCE_DATE_EPOCH={sde}; {len(pins)} pinned packages; cache {CACHE}")
-    work = Path(tempfile.mkdtemp(prefix="kura-image-", dir=work_base or out))
+    work = Path(tempfile.mkdtemp(prefix="kura-image-", dir=out))
     try:
         with steps.step("building the kura wheel from the checkout"):
             wheel = build_wheel(work, sde)
@@ -501,9 +502,9 @@ def verify_repro(out: Path) -> int:
     a, b = out / "repro-a", out / "repro-b"
     for d in (a, b):
         shutil.rmtree(d, ignore_errors=True)
-    os.environ["SOURCE_DATE_EPOCH"] = str(source_date_epoch())  # one commit time for both
-    build(a)
-    build(b)
+    sde = source_date_epoch()  # one commit time for both
+    build(a, sde)
+    build(b, sde)
     differ = []
     for f in sorted(p.name for p in a.iterdir() if p.is_file()):
         if sha256(a / f) != sha256(b / f):

@@ -166,11 +166,26 @@ def test_the_committed_lock_pins_every_package_of_packages_txt() -> None:
         assert dep in names
 
 
-def test_mirror_comes_from_the_hosts_apt_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KURA_MIRROR", "http://mirror.invalid/debian")
-    monkeypatch.setenv("KURA_SECURITY_MIRROR", "")
-    main, _security = build.mirrors()
-    assert main == "http://mirror.invalid/debian"
+def test_mirrors_come_from_the_hosts_apt_sources(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KURA_MIRROR", raising=False)
+    monkeypatch.delenv("KURA_SECURITY_MIRROR", raising=False)
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# old style\ndeb [arch=amd64] http://mirror.invalid/debian/ bookworm main\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.invalid/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n")
+    (tmp_path / "sources.list.d" / "other.sources").write_text(
+        "Types: deb\nURIs: https://vendor.invalid/apt\nSuites: stable\n")
+    assert build.mirrors(tmp_path) == ("http://mirror.invalid/debian",
+                                       "http://security.invalid/debian-security")
+    # An explicit mirror wins; no Debian mirror at all is a clear error.
+    monkeypatch.setenv("KURA_MIRROR", "http://chosen.invalid/debian")
+    assert build.mirrors(tmp_path)[0] == "http://chosen.invalid/debian"
+    monkeypatch.delenv("KURA_MIRROR")
+    with pytest.raises(build.BuildError, match="KURA_MIRROR"):
+        build.mirrors(tmp_path / "nothing")
 
 
 def test_build_refuses_a_host_without_a_real_dev_null(monkeypatch: pytest.MonkeyPatch,

@@ -144,8 +144,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_boot_report(args: argparse.Namespace) -> int:
     from kura import bootreport, config
 
-    socket = config.load(args.config).vault.socket if Path(args.config).exists() else None
-    print(bootreport.report(socket or Path("/run/kura/vault.sock")), flush=True)
+    # Before the first boot's set-up there is no configuration: the vault is "down".
+    socket = (config.load(args.config).vault.socket if Path(args.config).exists()
+              else Path("/run/kura/vault.sock"))
+    print(bootreport.report(socket), flush=True)
     return 0
 
 
