@@ -45,7 +45,8 @@ USAGE
 }
 
 # Debian packages the product and its tests need on the host.
-apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl git)
+apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl git
+              chromium fonts-noto-cjk)  # the web console's tests drive a real Chromium
 # ... and what builds and boots the image.
 image_packages=(mmdebstrap debian-archive-keyring e2fsprogs dosfstools mtools fdisk zstd
                 qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools)
@@ -89,7 +90,7 @@ cmd_dev() {
 
 # The image is rebuilt when anything that goes into it changed.
 image_inputs() {
-    git ls-files -z daemons firstboot systemd provisioning image pyproject.toml \
+    git ls-files -z daemons firstboot systemd provisioning image webui pyproject.toml \
         | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 }
 

@@ -104,6 +104,16 @@ def install_wheel(root: Path, wheel: Path) -> None:
     say(f"installed {wheel.name}: {', '.join(packages)}")
 
 
+def install_webui(root: Path) -> None:
+    """The console's templates, static files and message catalogs."""
+    dest = root / "usr/share/kura/webui"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(TOP / "webui", dest, ignore=shutil.ignore_patterns("__pycache__", "*.mo"))
+    for path in dest.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    say(f"installed the web console's files in /{dest.relative_to(root)}")
+
+
 def install_units(root: Path) -> None:
     units = root / "usr/lib/systemd/system"
     for unit in sorted((TOP / "systemd").glob("*.service")):
@@ -203,6 +213,7 @@ def main() -> int:
     root = Path(args.root)
     copy_tree(HERE / "files", root)
     install_wheel(root, Path(args.wheel))
+    install_webui(root)
     install_units(root)
     scrub(root)
     build_uki(root, args.root_partuuid)

@@ -8,7 +8,9 @@ import http.client
 import json
 import random
 import ssl
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -132,17 +134,33 @@ class Api:
         return Api(self.base, self.cafile, check_hostname=self.check_hostname)
 
     def totp_code(self) -> str:
-        return pyotp.TOTP(self.totp_secret).now()
+        return fresh_totp(self.totp_secret)
 
     def sign_in(self, username: str, password: str, totp_secret: str = "") -> Api:
         """A new client signed in as ``username``; raises if sign-in fails."""
         body: dict[str, Any] = {"username": username, "password": password}
         if totp_secret:
-            body["totp"] = pyotp.TOTP(totp_secret).now()
+            body["totp"] = fresh_totp(totp_secret)
         r = self.anonymous().post("/session", body)
         assert r.status == 200, (r.status, r.body[:300])
         return Api(self.base, self.cafile, r.json["token"], username, password, totp_secret,
                    r.json["role"], check_hostname=self.check_hostname)
+
+
+_TOTP_USED: dict[str, int] = {}
+
+
+def fresh_totp(secret: str) -> str:
+    """A TOTP code the vault has not seen yet for ``secret``. A code is good
+    once (no replay), and the vault accepts the next step too, so a second
+    sign-in in the same 30 s uses the next step's code (or waits for it)."""
+    totp = pyotp.TOTP(secret)
+    now_step = totp.timecode(datetime.now(UTC))
+    step = max(now_step, _TOTP_USED.get(secret, -1) + 1)
+    while step > totp.timecode(datetime.now(UTC)) + 1:
+        time.sleep(0.5)
+    _TOTP_USED[secret] = step
+    return totp.generate_otp(step)
 
 
 NEW_PASSWORD_SUFFIX = "-Kura!2026"

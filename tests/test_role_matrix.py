@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from kura.console.api import ROUTES
+from tests import role_cases
 from tests.support import Api, Response, my_number, provision
 
 ROLES = ("MU", "MA", "SA", "DA")
@@ -138,6 +139,13 @@ class World:
 
     def unique(self, stem: str) -> str:
         return f"{stem}{next(self.serial)}"
+
+    def client(self, role: str | None) -> Api:
+        """The signed-in client of ``role`` (anonymous for None)."""
+        return _as(self, role)
+
+    def case(self, *args: Any, **kwargs: Any) -> Case:
+        return Case(*args, **kwargs)
 
     def register(self, name: str) -> tuple[dict[str, Any], str]:
         number = self.new_number()
@@ -486,6 +494,10 @@ BUILDERS: dict[RouteKey, Callable[[World, str | None], Case]] = {
     ("POST", "/users/{username}/password-reset"): reset_password,
     ("POST", "/keys/rotate"): rotate_keys,
 }
+
+for _area in role_cases.AREAS:
+    EXPECTED.update(_area.EXPECTED)
+    BUILDERS.update(_area.BUILDERS)
 
 
 # --- the table covers the API ---------------------------------------------------

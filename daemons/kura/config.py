@@ -15,6 +15,7 @@ into frozen objects. Nothing deeper in the code reads the environment.
     port = 8443
     cert = "/etc/kura/tls/cert.pem"
     key = "/etc/kura/tls/key.pem"
+    webui = "/usr/share/kura/webui"   # optional: the console's templates and catalogs
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class ConsoleConfig:
     vault_connections: int = 16
     max_body_bytes: int = 1 << 20
     max_import_bytes: int = 32 << 20
+    max_upload_bytes: int = 10 << 20  # one document image or PDF on the collection form
+    webui: Path | None = None  # templates, static files, catalogs (default: the installed ones)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def parse(
                 vault_connections=int(console.get("vault_connections", 16)),
                 max_body_bytes=int(console.get("max_body_bytes", 1 << 20)),
                 max_import_bytes=int(console.get("max_import_bytes", 32 << 20)),
+                max_upload_bytes=int(console.get("max_upload_bytes", 10 << 20)),
+                webui=Path(console["webui"]) if "webui" in console else None,
             ),
             path=path,
         )

@@ -197,6 +197,10 @@ ROUTES: tuple[Route, ...] = (
         tag="users",
     ),
     Route("POST", "/keys/rotate", "keys.rotate", "Rotate the keyring (DA)", body=True, tag="vault"),
+    # --- registration requests (collection from employees) ---
+    # --- export requests ---
+    # --- retention and disposal ---
+    # --- reports and the appliance ---
 )
 
 

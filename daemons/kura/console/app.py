@@ -15,8 +15,11 @@ from aiohttp.web_response import StreamResponse
 
 from kura.config import Config
 from kura.console import openapi
+from kura.console import web as web_console
 from kura.console.api import LIMITS, VAULT, add_routes, error_response
 from kura.console.vaultclient import VaultClient
+from kura.console.web import errors as web_errors
+from kura.console.web import security
 from kura.core.audit import looks_like_my_number
 from kura.core.errors import BadRequest, KuraError, NotFound, PayloadTooLarge
 
@@ -66,6 +69,8 @@ class AccessLogger(AbstractAccessLogger):
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await page_errors(request, handler)
     try:
         response = await handler(request)
     except KuraError as exc:
@@ -92,6 +97,27 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+async def page_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The pages' errors become pages (kura.console.web.errors)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            response = await web_errors.handle(request, exc)
+        else:
+            for name, value in security.PAGE_HEADERS.items():
+                exc.headers.setdefault(name, value)
+            raise
+    except Exception as exc:
+        response = await web_errors.handle(request, exc)
+    headers = security.PAGE_HEADERS
+    if request.path.startswith("/static/") and response.status == 200:
+        headers = {**headers, "Cache-Control": "max-age=3600"}
+    for name, value in headers.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 async def openapi_json(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
@@ -108,6 +134,9 @@ def init_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(vault_client)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     add_routes(app)
+    web_console.setup(
+        app, web_console.find_webui(config.console.webui), config.console.max_upload_bytes
+    )
     return app
 
 

@@ -60,6 +60,7 @@ ARGS: dict[str, Schema] = {
     "totp_begin": EMPTY,
     "totp_confirm": obj({"code": text(10, 1)}),
     "purposes": EMPTY,
+    "preferences.set": obj({"language": {"type": "string", "enum": ["ja", "en"]}}),
     "bootstrap_da": obj({"username": USERNAME}, {"password": text(256, 1)}),
     "subject.lookup": obj({}, {"number": NUMBER_TEXT, "code": CODE, "kind": KIND}),
     "subject.get": obj({"id": UUID}),
@@ -165,8 +166,13 @@ def _field_names(message: str) -> str:
 
 def _register_domain_schemas() -> None:
     # The subject and policy bodies are owned by their own modules.
+    from kura.core import disposal, exports, reports, requests
     from kura.core.accounts import POLICY_SCHEMA
     from kura.core.subjects import SUBJECT_SCHEMA
+
+    for area in (requests, exports, disposal, reports):
+        for op, schema in area.SCHEMAS.items():
+            register_schema(op, schema)
 
     register_schema("subject.register", SUBJECT_SCHEMA)
     register_schema("policy.set", obj({"policy": POLICY_SCHEMA}))

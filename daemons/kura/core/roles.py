@@ -32,9 +32,19 @@ _LABELS = {
     Role.DA: ("アプライアンス管理者", "Appliance Admin"),
 }
 
-PUBLIC = frozenset({"status", "unseal", "login"})
+# request.open and request.submit are the data subject's: the one-time link's
+# token is their only credential.
+PUBLIC = frozenset({"status", "unseal", "login", "request.open", "request.submit"})
 SELF = frozenset(
-    {"logout", "whoami", "change_password", "totp_begin", "totp_confirm", "purposes"}
+    {
+        "logout",
+        "whoami",
+        "change_password",
+        "totp_begin",
+        "totp_confirm",
+        "purposes",
+        "preferences.set",
+    }
 )
 
 _MU, _MA, _SA, _DA = Role.MU, Role.MA, Role.SA, Role.DA
@@ -62,6 +72,32 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "user.update": frozenset({_DA}),
     "user.reset_password": frozenset({_DA}),
     "keys.rotate": frozenset({_DA}),
+    "appliance.status": frozenset({_DA}),
+    # collection from employees: requests with a one-time link
+    "request.create": frozenset({_MU, _MA}),
+    "request.list": frozenset({_MU, _MA}),
+    "request.get": frozenset({_MA}),  # with the entered numbers (masked) and documents
+    "request.document": frozenset({_MA}),
+    "request.approve": frozenset({_MA}),
+    "request.reject": frozenset({_MA}),
+    "request.reissue": frozenset({_MU, _MA}),
+    "request.cancel": frozenset({_MU, _MA}),
+    # exports over the threshold wait for an MA
+    "export.list": frozenset({_MU, _MA}),
+    "export.decide": frozenset({_MA}),
+    "export.download": frozenset({_MU}),
+    # retention and disposal
+    "retention.list": frozenset({_MU, _MA, _SA}),
+    "retention.set": frozenset({_SA}),
+    "disposal.due": frozenset({_MU, _MA}),
+    "disposal.propose": frozenset({_MU, _MA}),
+    "disposal.list": frozenset({_MU, _MA, _SA}),
+    "disposal.decide": frozenset({_MA}),
+    "disposal.records": frozenset({_MA, _SA}),
+    # reports
+    "report.access": frozenset({_SA}),
+    "report.ledger": frozenset({_SA, _MA}),
+    "audit.verify": frozenset({_SA}),
 }
 
 OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)

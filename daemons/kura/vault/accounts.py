@@ -23,6 +23,7 @@ from kura.vault.base import (
     VaultBase,
     jsonable,
     one_time_password,
+    operation,
     record,
     safe_actor_name,
 )
@@ -30,6 +31,7 @@ from kura.vault.store import Row
 
 
 class AccountOperations(VaultBase):
+    @operation("bootstrap_da")
     async def bootstrap_da(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         password = args.get("password") or one_time_password()
         accounts.check_new_password(self.policy, password, args["username"], [])
@@ -48,6 +50,7 @@ class AccountOperations(VaultBase):
             )
         return {"username": args["username"], "password": password, "must_change_password": True}
 
+    @operation("login")
     async def login(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         username, now = args["username"], self.clock()
         async with self.store.transaction() as tx:
@@ -123,6 +126,8 @@ class AccountOperations(VaultBase):
             last_seen=now,
             stored_seen=row["last_seen"],
             restriction=restriction,
+            language=locked["language"],
+            display_name=locked["display_name"],
         )
         self.sessions[digest] = session
         return {
@@ -147,6 +152,7 @@ class AccountOperations(VaultBase):
                 detail={"reason": reason},
             )
 
+    @operation("logout")
     async def logout(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         self.sessions.pop(caller.session.digest, None)
@@ -155,6 +161,7 @@ class AccountOperations(VaultBase):
             await record(tx, caller, "logout")
         return {"signed_out": True}
 
+    @operation("whoami")
     async def whoami(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         s = caller.session
@@ -163,8 +170,22 @@ class AccountOperations(VaultBase):
             "role": str(s.role),
             "must_change_password": s.restriction == "password",
             "mfa_setup_required": s.restriction == "mfa",
+            "language": s.language,
+            "display_name": s.display_name,
+            "idle_minutes": self.policy.session_idle_minutes,
         }
 
+    @operation("preferences.set")
+    async def preferences_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """The user's own settings: the console's language."""
+        assert caller.session
+        async with self.store.transaction() as tx:
+            await tx.update_user(caller.session.user_id, {"language": args["language"]})
+            await record(tx, caller, "preferences.set", detail={"language": args["language"]})
+        self._forget_user_sessions(caller.session.user_id)  # reloaded with the new language
+        return {"language": args["language"]}
+
+    @operation("change_password")
     async def change_password(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         s = caller.session
@@ -200,6 +221,7 @@ class AccountOperations(VaultBase):
         )
         return dk.decrypt(column, bytes(user[column])).decode()
 
+    @operation("totp_begin")
     async def totp_begin(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         s, keys = caller.session, self._keys()
@@ -219,6 +241,7 @@ class AccountOperations(VaultBase):
             await record(tx, caller, "user.totp_begin", target=s.username)
         return {"secret": secret, "uri": accounts.totp_uri(secret, s.username)}
 
+    @operation("totp_confirm")
     async def totp_confirm(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         assert caller.session
         s = caller.session
@@ -244,9 +267,11 @@ class AccountOperations(VaultBase):
         self.sessions[s.digest] = replace(s, restriction=self._restriction(user, True))
         return await self.whoami(replace(caller, session=self.sessions[s.digest]), {})
 
+    @operation("purposes")
     async def purposes(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         return {"purposes": [{"code": p.code, "ja": p.ja, "en": p.en} for p in CATALOGUE]}
 
+    @operation("user.create")
     async def user_create(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         password = one_time_password()
         hashed = await asyncio.to_thread(accounts.hash_password, password)
@@ -266,12 +291,14 @@ class AccountOperations(VaultBase):
             "must_change_password": True,
         }
 
+    @operation("user.list")
     async def user_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             rows = await tx.list_users()
             await record(tx, caller, "user.list", detail={"count": len(rows)})
         return {"users": [jsonable(r) for r in rows]}
 
+    @operation("user.update")
     async def user_update(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         changes = {k: args[k] for k in ("role", "disabled", "display_name") if k in args}
         async with self.store.transaction() as tx:
@@ -299,6 +326,7 @@ class AccountOperations(VaultBase):
         self._forget_user_sessions(int(user["id"]))
         return {"username": args["username"], **changes}
 
+    @operation("user.reset_password")
     async def user_reset_password(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         password = one_time_password()
         hashed = await asyncio.to_thread(accounts.hash_password, password)
@@ -322,11 +350,13 @@ class AccountOperations(VaultBase):
 
     # --- policy ----------------------------------------------------------------
 
+    @operation("policy.get")
     async def policy_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             await record(tx, caller, "policy.get")
         return {"policy": self.policy.to_json()}
 
+    @operation("policy.set")
     async def policy_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         new = accounts.SecurityPolicy.from_json(args["policy"], base=self.policy)
         old = self.policy.to_json()

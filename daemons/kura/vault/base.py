@@ -41,6 +41,8 @@ class Session:
     last_seen: datetime
     stored_seen: datetime
     restriction: str | None  # "password" | "mfa" | None
+    language: str = "ja"
+    display_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,29 @@ class Caller:
 
 
 Handler = Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
+HandlerMethod = Callable[[Any, Caller, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def operation(name: str) -> Callable[[HandlerMethod], HandlerMethod]:
+    """Mark a method as the handler of the vault operation ``name`` (one of
+    kura.core.roles' operations); ``operations()`` collects them."""
+
+    def mark(method: HandlerMethod) -> HandlerMethod:
+        method.vault_operation = name  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+def operations(vault: object) -> dict[str, Handler]:
+    """Every operation ``vault``'s classes define, by name, bound to it."""
+    found: dict[str, Handler] = {}
+    for cls in reversed(type(vault).__mro__):
+        for attr, value in vars(cls).items():
+            name = getattr(value, "vault_operation", None)
+            if name is not None:
+                found[name] = getattr(vault, attr)
+    return found
 
 
 def safe_actor_name(text: str) -> str:

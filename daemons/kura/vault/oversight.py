@@ -8,10 +8,11 @@ import hashlib
 from typing import Any
 
 from kura.core import audit
-from kura.vault.base import Caller, VaultBase, jsonable, parse_time, record
+from kura.vault.base import Caller, VaultBase, jsonable, operation, parse_time, record
 
 
 class OversightOperations(VaultBase):
+    @operation("audit.list")
     async def audit_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             rows = await tx.search_audit(
@@ -54,6 +55,7 @@ class OversightOperations(VaultBase):
             await tx.insert_checkpoint(cp)
         return cp
 
+    @operation("audit.export")
     async def audit_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         async with self.store.transaction() as tx:
@@ -71,6 +73,7 @@ class OversightOperations(VaultBase):
             "entries": len(entries),
         }
 
+    @operation("keys.rotate")
     async def keys_rotate(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         version, wrapped = keys.rotate()

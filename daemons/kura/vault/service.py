@@ -39,8 +39,21 @@ from kura.core.keys import KeyHierarchy, bootstrap_keyring
 from kura.core.roles import PUBLIC, SELF, Role, may
 from kura.vault import sealing
 from kura.vault.accounts import AccountOperations
-from kura.vault.base import Caller, Clock, Handler, Session, record, utcnow
+from kura.vault.base import (
+    Caller,
+    Clock,
+    Handler,
+    Session,
+    operation,
+    operations,
+    record,
+    utcnow,
+)
+from kura.vault.disposals import DisposalOperations
+from kura.vault.exports import ExportOperations
 from kura.vault.oversight import OversightOperations
+from kura.vault.reports import ReportOperations
+from kura.vault.requests import RequestOperations
 from kura.vault.store import Store
 from kura.vault.subjects import SubjectOperations
 
@@ -49,39 +62,19 @@ log = logging.getLogger("kura.vault")
 SESSION_TOUCH_SECONDS = 30.0  # last_seen is written to the database at most this often
 
 
-class Vault(AccountOperations, SubjectOperations, OversightOperations):
+class Vault(
+    AccountOperations,
+    SubjectOperations,
+    OversightOperations,
+    RequestOperations,
+    ExportOperations,
+    DisposalOperations,
+    ReportOperations,
+):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)
         self._unseal_lock = asyncio.Lock()
-        self.handlers: dict[str, Handler] = {
-            "status": self.status,
-            "unseal": self.unseal,
-            "login": self.login,
-            "logout": self.logout,
-            "whoami": self.whoami,
-            "change_password": self.change_password,
-            "totp_begin": self.totp_begin,
-            "totp_confirm": self.totp_confirm,
-            "purposes": self.purposes,
-            "bootstrap_da": self.bootstrap_da,
-            "subject.register": self.subject_register,
-            "subject.lookup": self.subject_lookup,
-            "subject.get": self.subject_get,
-            "subject.list": self.subject_list,
-            "subject.reveal": self.subject_reveal,
-            "subject.import": self.subject_import,
-            "subject.export": self.subject_export,
-            "subject.correct": self.subject_correct,
-            "policy.get": self.policy_get,
-            "policy.set": self.policy_set,
-            "audit.list": self.audit_list,
-            "audit.export": self.audit_export,
-            "user.create": self.user_create,
-            "user.list": self.user_list,
-            "user.update": self.user_update,
-            "user.reset_password": self.user_reset_password,
-            "keys.rotate": self.keys_rotate,
-        }
+        self.handlers: dict[str, Handler] = operations(self)
 
     # --- start-up and sealing --------------------------------------------------
 
@@ -130,6 +123,7 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
         self.collector = None
         log.info("vault unsealed (%s seal, keyring versions %s)", how, sorted(ring))
 
+    @operation("status")
     async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {
             "sealed": self.sealed,
@@ -143,6 +137,7 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
             result["shares_entered"] = self.collector.count if self.collector else 0
         return result
 
+    @operation("unseal")
     async def unseal(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self._unseal_lock:
             if not self.sealed:
@@ -195,7 +190,9 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
             raise BadRequest(f"unknown operation {op!r}", f"不明な操作です: {op}")
         caller = Caller(client=client or "local", peer_uid=peer_uid)
         valid = api.validate(op, args if args is not None else {})
-        if self.sealed and op not in ("status", "unseal"):
+        # whoami needs no key (sessions are digests in the database): the
+        # console asks it while sealed to show a DA or SA the unseal page.
+        if self.sealed and op not in ("status", "unseal", "whoami"):
             raise VaultSealed()
         if op != "status" and not self._client_allowed(caller.client):
             async with self.store.transaction() as tx:
@@ -251,6 +248,8 @@ class Vault(AccountOperations, SubjectOperations, OversightOperations):
                 last_seen=row["last_seen"],
                 stored_seen=row["last_seen"],
                 restriction=self._restriction(row, bool(row["mfa_done"])),
+                language=row["language"],
+                display_name=row["display_name"],
             )
         expired = accounts.session_expired(
             self.policy, accounts.SessionTimes(session.created, session.last_seen), now

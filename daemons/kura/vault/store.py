@@ -353,7 +353,8 @@ class Tx:
         return await self.one(
             "SELECT s.token_digest, s.created_at, s.last_seen, s.client, s.mfa_done,"
             " u.id AS user_id, u.username, u.role, u.disabled, u.must_change_password,"
-            " u.password_changed_at, u.totp_secret_ct IS NOT NULL AS totp_enrolled"
+            " u.password_changed_at, u.totp_secret_ct IS NOT NULL AS totp_enrolled,"
+            " u.language, u.display_name"
             " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_digest = %s",
             (digest,),
         )
@@ -510,6 +511,16 @@ class Tx:
 
 
 @functools.lru_cache(maxsize=64)
+
+    # --- registration requests and their documents (kura.vault.requests) ------
+
+    # --- export requests (kura.vault.exports) ---------------------------------
+
+    # --- retention rules and disposal (kura.vault.disposals) ------------------
+
+    # --- reports (kura.vault.reports) -----------------------------------------
+
+
 def _array_literal(items: tuple[str, ...]) -> str:
     """A text[] in PostgreSQL's input syntax, for COPY: psycopg's list dumper
     costs more than the rest of the row, and an import repeats a few lists."""

@@ -25,7 +25,7 @@ from kura.core.errors import (
     PurposeRequired,
 )
 from kura.core.purposes import BY_CODE
-from kura.vault.base import Caller, VaultBase, record
+from kura.vault.base import Caller, VaultBase, operation, record
 from kura.vault.store import COPY_COLUMNS, Row
 
 IMPORT_BATCH = 2000  # rows per transaction: a crash loses at most one unacknowledged batch
@@ -81,6 +81,7 @@ class SubjectOperations(VaultBase):
             "created_by": actor,
         }
 
+    @operation("subject.register")
     async def subject_register(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         subject = subjects.subject_from_json(args)
         keys = self._keys()
@@ -133,6 +134,7 @@ class SubjectOperations(VaultBase):
         assert row is not None
         return {"subject": self._summary(row), "created": True}
 
+    @operation("subject.lookup")
     async def subject_lookup(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         if ("number" in args) == ("code" in args):
             raise BadRequest(
@@ -156,6 +158,7 @@ class SubjectOperations(VaultBase):
             )
         return {"subjects": [self._summary(row)] if row else []}
 
+    @operation("subject.get")
     async def subject_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             row = await tx.subject(args["id"])
@@ -164,6 +167,7 @@ class SubjectOperations(VaultBase):
             await record(tx, caller, "subject.get", target=args["id"])
         return {"subject": self._summary(row)}
 
+    @operation("subject.list")
     async def subject_list(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         offset, limit = args.get("offset", 0), args.get("limit", 50)
         async with self.store.transaction() as tx:
@@ -171,6 +175,7 @@ class SubjectOperations(VaultBase):
             await record(tx, caller, "subject.list", detail={"count": len(rows)})
         return {"subjects": [self._summary(r) for r in rows], "offset": offset, "limit": limit}
 
+    @operation("subject.reveal")
     async def subject_reveal(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         purpose = args["purpose"]
         async with self.store.transaction() as tx:
@@ -199,6 +204,7 @@ class SubjectOperations(VaultBase):
             raise PurposeRequired(allowed=allowed)
         return {"id": args["id"], "number": number, "purpose": purpose}
 
+    @operation("subject.correct")
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
         async with self.store.transaction() as tx:
@@ -246,6 +252,7 @@ class SubjectOperations(VaultBase):
         assert row is not None
         return {"subject": self._summary(row)}
 
+    @operation("subject.import")
     async def subject_import(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         if "csv" in args:
             try:
@@ -346,6 +353,7 @@ class SubjectOperations(VaultBase):
             )
         return created, existing, rejections
 
+    @operation("subject.export")
     async def subject_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         purpose = args["purpose"]
         if purpose not in BY_CODE:
