@@ -115,6 +115,16 @@ class Api:
         finally:
             conn.close()
 
+    def page(self, path: str) -> Response:
+        """GET a page of the web console (outside /api/v1), without a session."""
+        conn = self._connection()
+        try:
+            conn.request("GET", path, headers=dict(self.extra_headers))
+            raw = conn.getresponse()
+            return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+        finally:
+            conn.close()
+
     def get(self, path: str, **kw: Any) -> Response:
         return self.request("GET", path, **kw)
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,13 +224,25 @@ class LocalAppliance:
         finally:
             await client.close()
 
+    def vault_call_sync(
+        self, op: str, args: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        """``vault_call`` from synchronous code, even where an event loop is
+        already running in this thread (a browser driver's): then in a thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.vault_call(op, args, session))
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self.vault_call(op, args, session)).result()
+
     def bootstrap_da(self, username: str = "admin", password: str | None = None) -> str | None:
         """Create the first DA if there is no account yet; return its password then."""
         args: dict[str, Any] = {"username": username}
         if password:
             args["password"] = password
         try:
-            result = asyncio.run(self.vault_call("bootstrap_da", args))
+            result = self.vault_call_sync("bootstrap_da", args)
         except KuraError as exc:
             if getattr(exc, "vault_code", "") == "conflict":
                 return None
@@ -254,7 +267,8 @@ def main(state: Path, port: int, seal: str, da_password: str | None) -> int:
         if not status["sealed"]:
             password = appliance.bootstrap_da("admin", da_password)
         print("", flush=True)
-        print(f"  URL:          {appliance.url}/api/v1/openapi.json")
+        print(f"  web console:  {appliance.url}/")
+        print(f"  API document: {appliance.url}/api/v1/openapi.json")
         print(f"  certificate:  SHA-256 {tls.fingerprint(appliance.cert)}")
         if appliance.shares:
             print("  custodian shares (shown once; write them down):")

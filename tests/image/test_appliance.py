@@ -135,6 +135,11 @@ def test_unattended_tpm_setup_reboot_and_disk_theft(kura_vm: VM, tmp_path: Path)
     assert len(re.findall(r"\[seal\.share\] \d/3 ", machine.console.text)) == 3
 
     api = pinned_api(machine, tmp_path, fingerprint)
+    # The web console's pages come from the image's /usr/share/kura/webui.
+    login = api.page("/login")
+    assert login.status == 200 and "ログイン" in login.body.decode(), login.body[:300]
+    assert "script-src 'self'" in login.headers["content-security-policy"]
+    assert api.page("/static/kura.css").status == 200
     da = activate(api.sign_in("admin", DA_PASSWORD), DA_PASSWORD)
     mu = provision(da, "clerk1", "MU")
     numbers = my_numbers(5, seed=random.randrange(1 << 30))

@@ -28,7 +28,7 @@ from kura.console.web.pages import (
     text_field,
     visitor,
 )
-from kura.core.errors import KuraError
+from kura.core.errors import KuraError, VaultSealed
 from kura.core.roles import Role
 
 routes = web.RouteTableDef()
@@ -51,6 +51,8 @@ def _safe_next(value: str | None) -> str:
 @page()
 async def home(request: web.Request) -> web.Response:
     status = await call(request, "status")
+    if status["sealed"]:
+        raise VaultSealed()  # → the sealed page, or the unseal page for a DA or SA
     return render_page(request, "home.html", vault=status)
 
 
