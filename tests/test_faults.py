@@ -133,9 +133,12 @@ def faulty() -> Iterator[Faulty]:
         password = appliance.bootstrap_da("admin")
         assert password
         admin = activate(Api(appliance.url, appliance.cert).sign_in("admin", password), password)
-        yield Faulty(appliance, provision(admin, "mu-faults", "MU"),
-                     provision(admin, "sa-faults", "SA"),
-                     my_numbers(2 * BATCH * BATCHES_PER_TEST, seed=5151))
+        mu, sa = provision(admin, "mu-faults", "MU"), provision(admin, "sa-faults", "SA")
+        # The checks export every row at once, far over the default approval threshold.
+        policy = sa.get("/policy").json["policy"]
+        raised = sa.put("/policy", {"policy": {**policy, "export_approval_threshold": 1_000_000}})
+        assert raised.status == 200, raised.body
+        yield Faulty(appliance, mu, sa, my_numbers(2 * BATCH * BATCHES_PER_TEST, seed=5151))
     finally:
         appliance.stop()
     shutil.rmtree(appliance.state.parent, ignore_errors=True)

@@ -498,6 +498,7 @@ BUILDERS: dict[RouteKey, Callable[[World, str | None], Case]] = {
 for _area in role_cases.AREAS:
     EXPECTED.update(_area.EXPECTED)
     BUILDERS.update(_area.BUILDERS)
+    PUBLIC = PUBLIC | getattr(_area, "PUBLIC", frozenset())
 
 
 # --- the table covers the API ---------------------------------------------------

@@ -75,20 +75,35 @@ def session_cookie(base: str, token: str) -> dict[str, object]:
             "secure": True, "httpOnly": True, "sameSite": "Strict"}
 
 
+@pytest.fixture(scope="session")
+def web_tokens() -> dict[str, str]:
+    """One browser session per role, shared by the tests (a second factor is
+    good once per 30 s, so signing SA and DA in again and again is slow)."""
+    return {}
+
+
 @pytest.fixture
 def as_role(
-    appliance: LocalAppliance, users: dict[str, Api], new_context: Callable[..., BrowserContext]
-) -> Callable[[str], Page]:
-    """A page signed in as the test user of ``role``, with a session of its own
-    (signing out in the browser does not end the API client's session)."""
+    appliance: LocalAppliance, users: dict[str, Api], web_tokens: dict[str, str],
+    new_context: Callable[..., BrowserContext],
+) -> Callable[..., Page]:
+    """A page signed in as the test user of ``role``, in a browser context of
+    its own. The session is shared with other tests unless ``fresh=True``
+    (then signing out ends only this one); it is never the API client's."""
 
-    def make(role: str) -> Page:
+    def make(role: str, fresh: bool = False) -> Page:
         user = users[role]
-        fresh = user.sign_in(user.username, user.password, user.totp_secret)
+        token = None if fresh else web_tokens.get(role)
+        if token is not None:
+            alive = user.anonymous().get("/session", token=token)
+            token = token if alive.status == 200 else None
+        if token is None:
+            token = user.sign_in(user.username, user.password, user.totp_secret).token or ""
+            if not fresh:
+                web_tokens[role] = token
         context = new_context()
-        context.add_cookies([session_cookie(appliance.url, fresh.token or "")])  # type: ignore[list-item]
-        page = context.new_page()
-        return page
+        context.add_cookies([session_cookie(appliance.url, token)])  # type: ignore[list-item]
+        return context.new_page()
 
     return make
 

@@ -97,7 +97,7 @@ def test_wrong_password_then_lockout_message(
 
 
 def test_language_switch_is_kept_per_user(
-    as_role: Callable[[str], Page], base_url: str, shot: Callable[[Page, str], object],
+    as_role: Callable[..., Page], base_url: str, shot: Callable[[Page, str], object],
 ) -> None:
     page = as_role("MU")
     page.goto(base_url + "/")
@@ -107,7 +107,7 @@ def test_language_switch_is_kept_per_user(
     expect(page.locator("html")).to_have_attribute("lang", "en")
     shot(page, "home-mu-en")
     # A new session of the same user (another browser) opens in English too.
-    other = as_role("MU")
+    other = as_role("MU", fresh=True)
     other.goto(base_url + "/")
     expect(other.locator("html")).to_have_attribute("lang", "en")
     other.click("button[lang=ja]")
@@ -134,9 +134,9 @@ def test_every_page_carries_the_security_headers_and_cookie_flags(
 
 
 def test_signed_in_cookie_is_strict_and_sign_out_ends_the_session(
-    as_role: Callable[[str], Page], base_url: str
+    as_role: Callable[..., Page], base_url: str
 ) -> None:
-    page = as_role("MA")
+    page = as_role("MA", fresh=True)
     page.goto(base_url + "/")
     cookie = next(c for c in page.context.cookies() if c["name"] == "kura_session")
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"

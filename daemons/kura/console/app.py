@@ -39,8 +39,11 @@ SECURITY_HEADERS = {
 
 def loggable_path(request: BaseRequest) -> str:
     """The path for a log line. A number pasted into the address bar must not
-    reach the log, so a path that holds one is withheld whole."""
+    reach the log, so a path that holds one is withheld whole; nor may an
+    employee's one-time link, whose token is their credential."""
     path = request.rel_url.path
+    if path.startswith("/r/"):
+        return "/r/(token withheld)"
     return "(path withheld: looks like a number)" if looks_like_my_number(path) else path[:200]
 
 

@@ -83,6 +83,7 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "request.reissue": frozenset({_MU, _MA}),
     "request.cancel": frozenset({_MU, _MA}),
     # exports over the threshold wait for an MA
+    "export.prepare": frozenset({_MU}),
     "export.list": frozenset({_MU, _MA}),
     "export.decide": frozenset({_MA}),
     "export.download": frozenset({_MU}),

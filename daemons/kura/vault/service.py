@@ -112,6 +112,7 @@ class Vault(
             stored = await tx.setting("policy")
             if stored:
                 self.policy = accounts.SecurityPolicy.from_json(stored)
+            await self.load_retention_rules(tx)  # for the subjects' disposal dates
             await tx.append_audit(
                 actor="-",
                 role="",
@@ -194,7 +195,11 @@ class Vault(
         # console asks it while sealed to show a DA or SA the unseal page.
         if self.sealed and op not in ("status", "unseal", "whoami"):
             raise VaultSealed()
-        if op != "status" and not self._client_allowed(caller.client):
+        # The SA's allowed networks are the clerks' terminals; an employee
+        # opens their one-time link from wherever they are (the link is the
+        # credential, and it works once).
+        exempt = ("status", "request.open", "request.submit")
+        if op not in exempt and not self._client_allowed(caller.client):
             async with self.store.transaction() as tx:
                 await tx.append_audit(
                     actor="-",

@@ -56,6 +56,14 @@ COPY_COLUMNS = (
     "created_by",
 )
 
+# The disposal views of a subject (s) and its employee (e): never a number.
+_DISPOSAL_COLUMNS = (
+    "s.id, s.kind, s.code, s.name, s.employee_id, s.retention_basis, s.retention_event,"
+    " e.code AS employee_code, e.retention_basis AS employee_basis,"
+    " e.retention_event AS employee_event"
+)
+DISPOSAL_LOCK = 0x6B757264  # "kurd": proposals and decisions of disposals
+
 Row = dict[str, Any]
 
 
@@ -510,17 +518,468 @@ class Tx:
         )
 
 
-@functools.lru_cache(maxsize=64)
-
     # --- registration requests and their documents (kura.vault.requests) ------
+
+    async def insert_request(self, values: Mapping[str, Any]) -> None:
+        columns = ", ".join(values)
+        await self.run(
+            f"INSERT INTO registration_requests ({columns})"
+            f" VALUES ({', '.join(['%s'] * len(values))})",
+            list(values.values()),
+        )
+
+    async def request(self, request_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM registration_requests WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (request_id,),
+        )
+
+    async def request_by_token(self, digest: bytes) -> Row | None:
+        return await self.one(
+            "SELECT * FROM registration_requests WHERE token_digest = %s FOR UPDATE", (digest,)
+        )
+
+    async def list_requests(
+        self, state: str | None, request_id: str | None, now: datetime, offset: int, limit: int
+    ) -> list[Row]:
+        """Requests without their entries; ``expired`` is an open one past its time."""
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if state == "expired":
+            where.append("state = 'open' AND expires_at <= %s")
+            params.append(now)
+        elif state == "open":
+            where.append("state = 'open' AND expires_at > %s")
+            params.append(now)
+        elif state:
+            where.append("state = %s")
+            params.append(state)
+        if request_id:
+            where.append("id = %s")
+            params.append(request_id)
+        params += [limit, offset]
+        return await self.all(
+            "SELECT r.*, (SELECT count(*) FROM request_entries e WHERE e.request_id = r.id)"
+            " AS entry_count FROM registration_requests r"
+            f" WHERE {' AND '.join(where)}"
+            " ORDER BY (state = 'submitted') DESC, created_at DESC LIMIT %s OFFSET %s",
+            params,
+        )
+
+    async def update_request(self, request_id: str, changes: Mapping[str, Any]) -> None:
+        """``changes`` maps fixed column names to values."""
+        sets = ", ".join(f"{column} = %s" for column in changes)
+        await self.run(
+            f"UPDATE registration_requests SET {sets} WHERE id = %s",
+            [*changes.values(), request_id],
+        )
+
+    async def insert_request_entry(self, values: Mapping[str, Any]) -> None:
+        await self.run(
+            f"INSERT INTO request_entries ({', '.join(values)})"
+            f" VALUES ({', '.join(['%s'] * len(values))})",
+            list(values.values()),
+        )
+
+    async def request_entries(self, request_id: str) -> list[Row]:
+        return await self.all(
+            "SELECT * FROM request_entries WHERE request_id = %s ORDER BY position",
+            (request_id,),
+        )
+
+    async def delete_request_entries(self, request_id: str) -> int:
+        return await self.run("DELETE FROM request_entries WHERE request_id = %s", (request_id,))
+
+    async def insert_document(self, values: Mapping[str, Any]) -> None:
+        await self.run(
+            f"INSERT INTO documents ({', '.join(values)})"
+            f" VALUES ({', '.join(['%s'] * len(values))})",
+            list(values.values()),
+        )
+
+    async def request_documents(self, request_id: str, subject_id: Any) -> list[Row]:
+        """A request's documents (no content): still on the request, or moved
+        to the employee's subject when it was approved."""
+        return await self.all(
+            "SELECT id, kind, content_type, size, entry_position, created_at FROM documents"
+            " WHERE request_id = %s OR (%s::uuid IS NOT NULL AND subject_id = %s::uuid)"
+            " ORDER BY entry_position, kind = 'identity', created_at",
+            (request_id, subject_id, subject_id),
+        )
+
+    async def document(self, document_id: str) -> Row | None:
+        return await self.one("SELECT * FROM documents WHERE id = %s", (document_id,))
+
+    async def move_documents_to_subject(self, request_id: str, subject_id: str) -> int:
+        return await self.run(
+            "UPDATE documents SET subject_id = %s, request_id = NULL WHERE request_id = %s",
+            (subject_id, request_id),
+        )
+
+    async def delete_request_documents(self, request_id: str) -> int:
+        return await self.run("DELETE FROM documents WHERE request_id = %s", (request_id,))
 
     # --- export requests (kura.vault.exports) ---------------------------------
 
+    async def export_candidates(self, kind: str | None, ids: Sequence[str] | None) -> list[Row]:
+        """What export selection needs of each subject: no ciphertext, no key."""
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if kind:
+            where.append("kind = %s")
+            params.append(kind)
+        if ids is not None:
+            where.append("id = ANY(%s::uuid[])")
+            params.append(list(ids))
+        return await self.all(
+            "SELECT id, kind, code, name, name_kana, purposes, created_at, retention_event"
+            f" FROM subjects WHERE {' AND '.join(where)} ORDER BY kind, code, created_at",
+            params,
+        )
+
+    async def insert_export_request(self, values: Mapping[str, Any]) -> None:
+        """``values`` maps fixed column names to values."""
+        await self.run(
+            f"INSERT INTO export_requests ({', '.join(values)})"
+            f" VALUES ({', '.join(['%s'] * len(values))})",
+            list(values.values()),
+        )
+
+    async def export_request(self, request_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM export_requests WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (request_id,),
+        )
+
+    async def list_export_requests(
+        self,
+        requested_by: str | None,
+        state: str | None,
+        request_id: str | None,
+        offset: int,
+        limit: int,
+    ) -> list[Row]:
+        """Pending first (the MA's queue, oldest first), then the rest, newest first."""
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        for column, value in (("requested_by", requested_by), ("state", state),
+                              ("id", request_id)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        params += [limit, offset]
+        return await self.all(
+            "SELECT id, requested_by, purpose, kind, cardinality(subject_ids) AS subject_count,"
+            " encoding, tax_year, rows, state, created_at, decided_by, decided_at, reason,"
+            " downloaded_at, downloaded_rows, sha256, skipped, report, report_total, threshold"
+            f" FROM export_requests WHERE {' AND '.join(where)}"
+            " ORDER BY state = 'pending' DESC,"
+            " CASE WHEN state = 'pending' THEN created_at END ASC, created_at DESC"
+            " LIMIT %s OFFSET %s",
+            params,
+        )
+
+    async def update_export_request(self, request_id: str, changes: Mapping[str, Any]) -> None:
+        """``changes`` maps fixed column names to values."""
+        sets = ", ".join(f"{column} = %s" for column in changes)
+        await self.run(
+            f"UPDATE export_requests SET {sets} WHERE id = %s", [*changes.values(), request_id]
+        )
+
     # --- retention rules and disposal (kura.vault.disposals) ------------------
+
+    async def retention_rules(self) -> list[Row]:
+        return await self.all(
+            "SELECT basis, ja, en, keep_years, anchor, note FROM retention_rules ORDER BY basis"
+        )
+
+    async def retention_rule(self, basis: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT basis, ja, en, keep_years, anchor, note FROM retention_rules WHERE basis = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (basis,),
+        )
+
+    async def set_retention_rule(self, basis: str, keep_years: int, anchor: str) -> None:
+        await self.run(
+            "UPDATE retention_rules SET keep_years = %s, anchor = %s WHERE basis = %s",
+            (keep_years, anchor, basis),
+        )
+
+    async def lock_disposals(self) -> None:
+        """One proposal or decision at a time (until commit): a subject cannot
+        slip into two batches, nor be proposed while its batch is executed."""
+        await self.run("SELECT pg_advisory_xact_lock(%s)", (DISPOSAL_LOCK,))
+
+    async def due_subjects(self, cutoffs: Mapping[str, Any], limit: int) -> list[Row]:
+        """Subjects whose event is on or before their basis's cut-off date, and
+        the dependents of such employees, with their employee's event."""
+        return await self.all(
+            "WITH cut AS (SELECT * FROM unnest(%s::text[], %s::date[]) AS c(basis, latest)),"
+            " own AS (SELECT s.id, s.kind FROM subjects s JOIN cut c"
+            "  ON s.retention_basis = c.basis WHERE s.retention_event <= c.latest)"
+            f" SELECT {_DISPOSAL_COLUMNS} FROM subjects s"
+            " LEFT JOIN subjects e ON e.id = s.employee_id"
+            " WHERE s.id IN (SELECT id FROM own)"
+            " OR s.employee_id IN (SELECT id FROM own WHERE kind = 'employee')"
+            " ORDER BY s.retention_event NULLS LAST, s.kind, s.code LIMIT %s",
+            (list(cutoffs), list(cutoffs.values()), limit),
+        )
+
+    async def disposal_candidates(self, ids: Sequence[Any]) -> list[Row]:
+        """The subjects ``ids`` and every dependent of an employee among them,
+        locked, with what decides whether they are due."""
+        return await self.all(
+            f"SELECT {_DISPOSAL_COLUMNS}, s.number_bidx FROM subjects s"
+            " LEFT JOIN subjects e ON e.id = s.employee_id"
+            " WHERE s.id = ANY(%s::uuid[]) OR s.employee_id = ANY(%s::uuid[])"
+            " ORDER BY s.kind, s.code FOR UPDATE OF s",
+            (list(ids), list(ids)),
+        )
+
+    async def subjects_in_proposed_batches(self, ids: Sequence[Any]) -> int:
+        row = await self.one(
+            "SELECT count(*) AS n FROM disposal_batches"
+            " WHERE state = 'proposed' AND subject_ids && %s::uuid[]",
+            (list(ids),),
+        )
+        return int(row["n"]) if row else 0
+
+    async def insert_disposal_batch(
+        self, batch_id: str, proposed_by: str, subject_ids: Sequence[Any], counts: Mapping[str, int]
+    ) -> Row:
+        row = await self.one(
+            "INSERT INTO disposal_batches (id, state, proposed_by, subject_ids, subject_count,"
+            " counts) VALUES (%s, 'proposed', %s, %s::uuid[], %s, %s) RETURNING *",
+            (batch_id, proposed_by, list(subject_ids), len(subject_ids), json.dumps(counts)),
+        )
+        assert row is not None
+        return row
+
+    async def disposal_batch(self, batch_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM disposal_batches WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (batch_id,),
+        )
+
+    async def disposal_batches(self, state: str | None, offset: int, limit: int) -> list[Row]:
+        return await self.all(
+            "SELECT * FROM disposal_batches WHERE (%s::text IS NULL OR state = %s)"
+            " ORDER BY state <> 'proposed', coalesce(decided_at, proposed_at) DESC, id"
+            " LIMIT %s OFFSET %s",
+            (state, state, limit, offset),
+        )
+
+    async def batch_subjects(self, ids: Sequence[Any]) -> list[Row]:
+        return await self.all(
+            f"SELECT {_DISPOSAL_COLUMNS} FROM subjects s"
+            " LEFT JOIN subjects e ON e.id = s.employee_id"
+            " WHERE s.id = ANY(%s::uuid[]) ORDER BY s.kind, s.code",
+            (list(ids),),
+        )
+
+    async def shred_subjects(self, ids: Sequence[Any], bidxs: Sequence[bytes]) -> list[Any]:
+        """Delete the subjects ``ids`` with their data keys and ciphertexts, their
+        documents, the registration requests they came from, and what decided
+        requests still hold of their numbers. Returns the subject id of each
+        document deleted."""
+        ids = list(ids)
+        own = await self.all(
+            "DELETE FROM documents WHERE subject_id = ANY(%s::uuid[]) RETURNING subject_id", (ids,)
+        )
+        via_request = await self.all(
+            "DELETE FROM documents d USING registration_requests r"
+            " WHERE d.request_id = r.id AND r.subject_id = ANY(%s::uuid[])"
+            " RETURNING r.subject_id",
+            (ids,),
+        )
+        # Entries of decided requests that hold one of these numbers (a request
+        # still open or awaiting review is someone's work in progress).
+        await self.run(
+            "DELETE FROM request_entries x USING registration_requests r"
+            " WHERE x.request_id = r.id AND x.number_bidx = ANY(%s)"
+            " AND r.state NOT IN ('open', 'submitted')",
+            (list(bidxs),),
+        )
+        await self.run(
+            "DELETE FROM registration_requests WHERE subject_id = ANY(%s::uuid[])", (ids,)
+        )
+        # Dependents first: an employee cannot go while a dependent points at it.
+        await self.run(
+            "DELETE FROM subjects WHERE id = ANY(%s::uuid[]) AND kind = 'dependent'", (ids,)
+        )
+        await self.run("DELETE FROM subjects WHERE id = ANY(%s::uuid[])", (ids,))
+        return [r["subject_id"] for r in [*own, *via_request]]
+
+    async def finish_disposal_batch(
+        self,
+        batch_id: str,
+        state: str,
+        decided_by: str,
+        reason: str,
+        executed: Mapping[str, int] | None = None,
+    ) -> Row:
+        """Record the decision; an executed batch forgets its subjects' ids and
+        keeps only how many of each kind went."""
+        if executed is None:
+            row = await self.one(
+                "UPDATE disposal_batches SET state = %s, decided_by = %s, decided_at = now(),"
+                " reason = %s WHERE id = %s RETURNING *",
+                (state, decided_by, reason, batch_id),
+            )
+        else:
+            row = await self.one(
+                "UPDATE disposal_batches SET state = %s, decided_by = %s, decided_at = now(),"
+                " reason = %s, subject_ids = '{}', subject_count = %s, counts = %s"
+                " WHERE id = %s RETURNING *",
+                (state, decided_by, reason, sum(executed.values()), json.dumps(executed), batch_id),
+            )
+        assert row is not None
+        return row
+
+    async def insert_disposal_record(
+        self,
+        batch_id: str,
+        kind: str,
+        basis: str,
+        count: int,
+        method: str,
+        operator: str,
+        approver: str,
+    ) -> Row:
+        row = await self.one(
+            "INSERT INTO disposal_records (id, batch_id, disposed_at, kind, basis, count, method,"
+            " operator, approver) VALUES (%s, %s, now(), %s, %s, %s, %s, %s, %s) RETURNING *",
+            (str(uuid.uuid4()), batch_id, kind, basis, count, method, operator, approver),
+        )
+        assert row is not None
+        return row
+
+    async def disposal_records(
+        self, since: datetime | None, until: datetime | None, offset: int, limit: int
+    ) -> list[Row]:
+        return await self.all(
+            "SELECT * FROM disposal_records"
+            " WHERE (%s::timestamptz IS NULL OR disposed_at >= %s)"
+            " AND (%s::timestamptz IS NULL OR disposed_at < %s)"
+            " ORDER BY disposed_at DESC, batch_id, kind, basis LIMIT %s OFFSET %s",
+            (since, since, until, until, limit, offset),
+        )
 
     # --- reports (kura.vault.reports) -----------------------------------------
 
+    async def audit_counts(
+        self, since: datetime, until: datetime, actor: str | None = None
+    ) -> list[Row]:
+        """Entries in [since, until) counted per actor, role, action and outcome."""
+        where = "at >= %s AND at < %s"
+        params: list[Any] = [since, until]
+        if actor:
+            where += " AND actor = %s"
+            params.append(actor)
+        return await self.all(
+            "SELECT actor, role, action, outcome, count(*) AS n FROM audit"
+            f" WHERE {where} GROUP BY actor, role, action, outcome",
+            params,
+        )
 
+    async def subjects_held(self) -> dict[str, int]:
+        rows = await self.all("SELECT kind, count(*) AS n FROM subjects GROUP BY kind")
+        return {str(r["kind"]): int(r["n"]) for r in rows}
+
+    async def purposes_in_use(self) -> list[Row]:
+        return await self.all(
+            "SELECT kind, purpose, count(*) AS n"
+            " FROM subjects, unnest(purposes) AS purpose GROUP BY kind, purpose"
+        )
+
+    async def retention_groups(self) -> list[Row]:
+        """Subjects whose (or whose employee's) retention event has happened,
+        counted per file, basis and event (and the employee's)."""
+        return await self.all(
+            "SELECT s.kind, s.retention_basis AS basis, s.retention_event AS event,"
+            " e.retention_basis AS employee_basis, e.retention_event AS employee_event,"
+            " count(*) AS n FROM subjects s LEFT JOIN subjects e ON e.id = s.employee_id"
+            " WHERE s.retention_event IS NOT NULL OR e.retention_event IS NOT NULL"
+            " GROUP BY 1, 2, 3, 4, 5"
+        )
+
+    async def documents_held(self) -> dict[str, int]:
+        row = await self.one(
+            "SELECT count(*) FILTER (WHERE subject_id IS NOT NULL) AS held,"
+            " count(*) FILTER (WHERE request_id IS NOT NULL) AS pending FROM documents"
+        )
+        return {"held": int(row["held"]), "pending": int(row["pending"])} if row else {}
+
+    async def reveals_by_kind(self, since: datetime, until: datetime) -> list[Row]:
+        """Reveals in the period per file (kind NULL: the subject is gone since)."""
+        return await self.all(
+            "SELECT s.kind, count(*) AS n FROM audit a"
+            " LEFT JOIN subjects s ON s.id::text = a.target"
+            " WHERE a.action = 'subject.reveal' AND a.outcome = 'ok'"
+            " AND a.at >= %s AND a.at < %s GROUP BY s.kind",
+            (since, until),
+        )
+
+    async def take_outs(
+        self, since: datetime, until: datetime, actions: Sequence[str]
+    ) -> list[Row]:
+        """Exports in the period per action and purpose, with their rows."""
+        return await self.all(
+            "SELECT action, purpose, count(*) AS n,"
+            " sum(CASE WHEN jsonb_typeof(detail->'rows') = 'number'"
+            " THEN (detail->>'rows')::bigint ELSE 0 END) AS rows"
+            " FROM audit WHERE action = ANY(%s) AND outcome = 'ok' AND at >= %s AND at < %s"
+            " GROUP BY action, purpose",
+            (list(actions), since, until),
+        )
+
+    async def disposed_by_kind(self, since: datetime, until: datetime) -> list[Row]:
+        return await self.all(
+            "SELECT kind, sum(count) AS n FROM disposal_records"
+            " WHERE disposed_at >= %s AND disposed_at < %s GROUP BY kind",
+            (since, until),
+        )
+
+    async def accounts_with_access(self) -> list[Row]:
+        """The enabled accounts that may handle numbers (MU, MA)."""
+        return await self.all(
+            "SELECT username, display_name, role, totp_secret_ct IS NOT NULL AS totp,"
+            " last_login_at FROM users WHERE role IN ('MU', 'MA') AND NOT disabled"
+            " ORDER BY role DESC, username"
+        )
+
+    async def user_counts(self) -> list[Row]:
+        return await self.all(
+            "SELECT role, count(*) FILTER (WHERE NOT disabled) AS enabled, count(*) AS n"
+            " FROM users GROUP BY role ORDER BY role"
+        )
+
+    async def open_sessions(self, idle_since: datetime, created_since: datetime) -> int:
+        """Sessions seen after ``idle_since`` and made after ``created_since``."""
+        row = await self.one(
+            "SELECT count(*) AS n FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE NOT u.disabled AND s.last_seen > %s AND s.created_at > %s",
+            (idle_since, created_since),
+        )
+        return int(row["n"]) if row else 0
+
+    async def database_size(self) -> int:
+        row = await self.one("SELECT pg_database_size(current_database()) AS n")
+        return int(row["n"]) if row else 0
+
+    async def data_directory(self) -> str | None:
+        """PostgreSQL's data folder, when this role may read it (the setting
+        needs pg_read_all_settings); None otherwise."""
+        try:
+            async with self.conn.transaction():  # a savepoint: a refusal spoils nothing
+                row = await self.one("SELECT current_setting('data_directory') AS d")
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+        return str(row["d"]) if row and row["d"] else None
+
+
+@functools.lru_cache(maxsize=64)
 def _array_literal(items: tuple[str, ...]) -> str:
     """A text[] in PostgreSQL's input syntax, for COPY: psycopg's list dumper
     costs more than the rest of the row, and an import repeats a few lists."""

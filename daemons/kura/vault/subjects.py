@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import hashlib
-import io
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date
@@ -16,7 +14,8 @@ from typing import Any
 
 import psycopg
 
-from kura.core import importer, numbers, subjects
+from kura.core import exports, importer, numbers, subjects
+from kura.core.disposal import Rules, summary_fields
 from kura.core.errors import (
     BadRequest,
     DuplicateNumber,
@@ -26,12 +25,15 @@ from kura.core.errors import (
 )
 from kura.core.purposes import BY_CODE
 from kura.vault.base import Caller, VaultBase, operation, record
+from kura.vault.exports import write_file as write_export
 from kura.vault.store import COPY_COLUMNS, Row
 
 IMPORT_BATCH = 2000  # rows per transaction: a crash loses at most one unacknowledged batch
 
 
 class SubjectOperations(VaultBase):
+    retention_rules: Rules  # kept in memory by kura.vault.disposals
+
     def _summary(self, row: Row) -> dict[str, Any]:
         keys = self._keys()
         sid = str(row["id"])
@@ -52,6 +54,9 @@ class SubjectOperations(VaultBase):
             if row["retention_event"]
             else None,
             "created_at": row["created_at"].isoformat(),
+            **summary_fields(
+                self.retention_rules, row["kind"], row["retention_basis"], row["retention_event"]
+            ),
         }
 
     def _sealed_row(
@@ -360,56 +365,58 @@ class SubjectOperations(VaultBase):
             raise PurposeRequired()
         encoding = args.get("encoding", "shift_jis")
         keys = self._keys()
+        threshold = self.policy.export_approval_threshold
+        refusal: exports.ApprovalRequired | None = None
         async with self.store.transaction() as tx:
             rows = await tx.list_subjects(args.get("kind"), None, 0, 1_000_000, args.get("ids"))
             if "ids" in args and len(rows) != len(set(args["ids"])):
                 raise NotFound("some subjects do not exist", "存在しない対象者が含まれています。")
-            out = io.StringIO()
-            writer = csv.writer(out, lineterminator="\r\n")
-            writer.writerow(["種別", "コード", "氏名", "フリガナ", "個人番号"])
-            skipped, unencodable, count = [], [], 0
-            for row in rows:
-                if purpose not in row["purposes"]:
-                    skipped.append(str(row["id"]))
-                    continue
-                if encoding == "shift_jis" and not _encodable(
-                    (row["name"], row["name_kana"], row["code"])
-                ):
-                    unencodable.append(str(row["id"]))
-                    continue
-                dk = keys.open_data_key(
-                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+            # The same choice and the same file as an export request's download
+            # (kura.vault.exports), but without an MA: so never over the threshold.
+            chosen = exports.select(
+                [exports.Candidate.from_row(r) for r in rows], purpose, encoding
+            )
+            if chosen.rows > threshold:
+                # Raised only after this transaction commits the refusal's record.
+                refusal = exports.ApprovalRequired(chosen.rows, threshold)
+                await record(
+                    tx,
+                    caller,
+                    "subject.export",
+                    outcome="denied",
+                    purpose=purpose,
+                    detail={
+                        "reason": "approval_required",
+                        "rows": chosen.rows,
+                        "threshold": threshold,
+                    },
                 )
-                number = dk.decrypt("number", bytes(row["number_ct"])).decode()
-                writer.writerow([row["kind"], row["code"], row["name"], row["name_kana"], number])
-                count += 1
-            text = out.getvalue()
-            data = (
-                text.encode("cp932")
-                if encoding == "shift_jis"
-                else ("\ufeff" + text).encode("utf-8")
-            )
-            digest = hashlib.sha256(data).hexdigest()
-            await record(
-                tx,
-                caller,
-                "subject.export",
-                purpose=purpose,
-                detail={
-                    "rows": count,
-                    "sha256": digest,
-                    "encoding": encoding,
-                    "skipped": len(skipped),
-                    "unencodable": len(unencodable),
-                },
-            )
+            else:
+                data = write_export(keys, rows, chosen.included, encoding)
+                digest = hashlib.sha256(data).hexdigest()
+                await record(
+                    tx,
+                    caller,
+                    "subject.export",
+                    purpose=purpose,
+                    detail={
+                        "rows": chosen.rows,
+                        "sha256": digest,
+                        "encoding": encoding,
+                        "skipped": len(chosen.skipped_purpose),
+                        "unencodable": len(chosen.unencodable),
+                    },
+                )
+        if refusal is not None:
+            raise refusal
         return {
-            "rows": count,
+            "rows": chosen.rows,
             "sha256": digest,
             "encoding": encoding,
             "content": base64.b64encode(data).decode(),
-            "skipped_purpose": skipped,
-            "unencodable": unencodable,
+            "skipped_purpose": list(chosen.skipped_purpose),
+            "unencodable": list(chosen.unencodable),
+            "report": [issue.to_json() for issue in chosen.issues],
         }
 
 
@@ -429,15 +436,6 @@ def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
 
 def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
     return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
-
-
-def _encodable(values: Sequence[str]) -> bool:
-    try:
-        for v in values:
-            v.encode("cp932")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parse_date(value: str, field: str) -> date:

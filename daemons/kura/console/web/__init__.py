@@ -49,3 +49,7 @@ def setup(app: web.Application, webui: Path, max_upload_bytes: int) -> None:
     for area in AREAS:
         module = importlib.import_module(f"kura.console.web.{area}")
         app.router.add_routes(module.routes)
+        # An area with long-lived state (the payees' import jobs) owns it
+        # through a cleanup_ctx of its own, added by its setup(app).
+        if hasattr(module, "setup"):
+            module.setup(app)

@@ -18,6 +18,25 @@ from kura.core.errors import KuraError, NotFound, PayloadTooLarge
 log = logging.getLogger("kura.console")
 
 
+class MethodNotAllowed(KuraError):
+    """The page exists, but not for this HTTP method (e.g. a POST to a page)."""
+
+    code = "method_not_allowed"
+    status = 405
+    ja = "この操作はできません。"
+    en = "This page does not accept that request."
+
+
+class RequestRefused(KuraError):
+    """aiohttp refused the request itself (malformed, a missing length …);
+    the page keeps aiohttp's status."""
+
+    code = "bad_request"
+    status = 400
+    ja = "リクエストを処理できません。"
+    en = "The request could not be processed."
+
+
 def _login_redirect(request: web.Request) -> web.HTTPSeeOther:
     target = "/login"
     expired = request.get("kura.session_expired")
@@ -35,8 +54,9 @@ def _login_redirect(request: web.Request) -> web.HTTPSeeOther:
     return response
 
 
-def error_page(request: web.Request, exc: KuraError) -> web.Response:
-    status = exc.http_status if isinstance(exc, VaultError) else exc.status
+def error_page(request: web.Request, exc: KuraError, status: int | None = None) -> web.Response:
+    if status is None:
+        status = exc.http_status if isinstance(exc, VaultError) else exc.status
     return pages.render_page(
         request, "error.html", status=status, message=pages.message(request, exc),
         status_code=status,
@@ -63,8 +83,10 @@ async def handle(request: web.Request, exc: BaseException) -> web.StreamResponse
     if isinstance(exc, web.HTTPNotFound):
         return error_page(request, NotFound("There is no such page.", "そのページはありません。"))
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return error_page(
-            request, KuraError("This page does not accept that request.", "この操作はできません。")
-        )
+        response = error_page(request, MethodNotAllowed())
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        return error_page(request, RequestRefused(), exc.status)
     log.error("internal error on a page: %s", type(exc).__name__, exc_info=exc)
     return error_page(request, KuraError())

@@ -145,9 +145,14 @@ def render_page(
     flash = request.cookies.get(FLASH_COOKIE)
     if flash:
         response.del_cookie(FLASH_COOKIE, path="/")
+    menu = menu_for(who.role if who and not who.restriction else None)
+    # The deepest menu entry the page is under (/disposal/records, not /disposal).
+    here = request.path
+    under = [m.path for m in menu if here == m.path or here.startswith(m.path + "/")]
     values = {
         "visitor": who,
-        "menu": menu_for(who.role if who and not who.restriction else None),
+        "menu": menu,
+        "active_path": max(under, key=len) if under else request.path,
         "csrf": security.csrf_token(secret),
         "csrf_field": security.CSRF_FIELD,
         "path": request.path,
@@ -172,7 +177,12 @@ async def form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileFie
     """The posted form, once its CSRF token and origin are checked."""
     if not security.same_origin(request):
         raise CsrfRejected()
-    data = await request.post()
+    try:
+        data = await request.post()
+    except (ValueError, AssertionError) as exc:
+        # How aiohttp refuses a malformed body (a multipart without a boundary,
+        # a part without a name, undecodable text): the sender's fault, not ours.
+        raise BadRequest("the form is malformed", "フォームの形式が正しくありません。") from exc
     token = data.get(security.CSRF_FIELD)
     if not isinstance(token, str) or not security.csrf_valid(request, token):
         raise CsrfRejected()
