@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -416,6 +417,13 @@ def error_response(exc: KuraError) -> web.Response:
     return web.json_response({"error": exc.to_json()}, status=http_status(exc), dumps=_dumps)
 
 
+def _safe_filename(name: Any, default: str) -> str:
+    """A download's file name from the vault, if it is a plain one."""
+    if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+        return name
+    return default
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -493,7 +501,9 @@ def make_handler(route: Route) -> Callable[[web.Request], Any]:
                 body=base64.b64decode(result["content"]),
                 headers={
                     "Content-Type": f"text/csv; charset={charset}",
-                    "Content-Disposition": 'attachment; filename="kura-export.csv"',
+                    "Content-Disposition": 'attachment; filename="{}"'.format(
+                        _safe_filename(result.get("filename"), "kura-export.csv")
+                    ),
                     "X-Kura-Rows": str(result["rows"]),
                     "X-Kura-SHA256": result["sha256"],
                     "X-Kura-Skipped": str(len(result["skipped_purpose"])),

@@ -138,7 +138,10 @@ def init_app(config: Config) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     add_routes(app)
     web_console.setup(
-        app, web_console.find_webui(config.console.webui), config.console.max_upload_bytes
+        app,
+        web_console.find_webui(config.console.webui),
+        config.console.max_upload_bytes,
+        config.console.cert,
     )
     return app
 

@@ -37,13 +37,16 @@ def find_webui(configured: Path | None) -> Path:
     raise FileNotFoundError("webui folder not found (set [console] webui)")
 
 
-def setup(app: web.Application, webui: Path, max_upload_bytes: int) -> None:
+def setup(
+    app: web.Application, webui: Path, max_upload_bytes: int, cert_path: Path | None = None
+) -> None:
     translations = i18n.load(webui / "locale")
     app[WEB] = WebState(
         webui=webui,
         translations=translations,
         envs=make_environments(webui, translations),
         max_upload_bytes=max_upload_bytes,
+        cert_path=cert_path,
     )
     app.router.add_static("/static", webui / "static", append_version=False)
     for area in AREAS:

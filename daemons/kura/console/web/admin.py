@@ -9,9 +9,6 @@ the same core rules, so a mistake is named next to its field."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +20,7 @@ from multidict import MultiDictProxy
 
 from kura.console.vaultclient import VaultError
 from kura.console.web.pages import (
+    WEB,
     call,
     client_address,
     form,
@@ -340,34 +338,17 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
 # --- the appliance's status --------------------------------------------------------------
 
 
-async def served_certificate(request: web.Request) -> x509.Certificate | None:
-    """The certificate this console serves, as a browser receives it: one
-    TLS handshake with the address the request came in on (so it is the
-    certificate in use, wherever the file is). None without TLS."""
-    transport = request.transport
-    if transport is None or transport.get_extra_info("ssl_object") is None:
-        return None
-    local = transport.get_extra_info("sockname")
-    if not local:
-        return None
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # we only read the certificate, we trust nothing
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(local[0], local[1], ssl=context, server_hostname=None), 5
-        )
-    except (OSError, TimeoutError, ssl.SSLError):
+def served_certificate(request: web.Request) -> x509.Certificate | None:
+    """The certificate this console serves (the file it loaded at start-up;
+    a renewed file shows here once the console restarts and serves it).
+    None without TLS or if the file cannot be read."""
+    path = request.app[WEB].cert_path
+    if path is None:
         return None
     try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
-    del reader
-    return x509.load_der_x509_certificate(der) if der else None
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def certificate_facts(cert: x509.Certificate, now: datetime) -> dict[str, Any]:
@@ -407,7 +388,7 @@ def human_size(size: int | None) -> str:
 @page(DA)
 async def status(request: web.Request) -> web.Response:
     found = await call(request, "appliance.status")
-    cert = await served_certificate(request)
+    cert = served_certificate(request)
     storage = []
     for s in found["storage"]:
         used = None

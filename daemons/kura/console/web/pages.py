@@ -51,6 +51,7 @@ class WebState:
     envs: dict[str, jinja2.Environment]
     login_limiter: security.RateLimiter = field(default_factory=security.RateLimiter)
     max_upload_bytes: int = 10 << 20
+    cert_path: Path | None = None  # the TLS certificate, shown on the status page
 
 
 WEB: web.AppKey[WebState] = web.AppKey("web", WebState)
