@@ -46,6 +46,10 @@ def test_allowed_networks_shut_out_other_terminals(
     assert "ネットワーク" in refused.json["error"]["message"]
     assert mu.anonymous().post("/session", {"username": "mu-policy",
                                             "password": mu.password}).status == 403
+    # An employee's one-time link is not a clerk's terminal: it still answers
+    # (here: an unknown token is simply invalid, not refused by network).
+    link = mu.anonymous().post("/registration/open", {"token": "x" * 43})
+    assert link.error_code == "link_invalid", link.body
     # The appliance's own socket (client "local") still reaches the vault, so an
     # SA can undo a mistake from the console tty.
     asyncio.run(app.vault_call("policy.set", {"policy": {"allowed_networks": ["127.0.0.0/8"]}},
