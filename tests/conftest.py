@@ -5,6 +5,7 @@ each role."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ def appliance() -> Iterator[LocalAppliance]:
     app.start()
     yield app
     app.stop()
+    shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

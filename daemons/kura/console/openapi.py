@@ -7,6 +7,7 @@ from typing import Any
 
 from kura import __version__
 from kura.console.api import ROUTES, Route, body_schema
+from kura.core import api as schemas
 
 ERROR = {
     "type": "object",
@@ -64,8 +65,12 @@ def _operation(route: Route) -> dict[str, Any]:
         }
     if not route.public:
         op["security"] = [{"bearer": []}]
+    # A parameter is described by the operation's own argument schema where it
+    # has one, so the document promises exactly what the vault accepts.
+    known = schemas.ARGS.get(route.op, {}).get("properties", {})
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True,
+         "schema": known.get(name, {"type": "string"})}
         for name in route.path_params
     ]
     params += [
@@ -73,9 +78,12 @@ def _operation(route: Route) -> dict[str, Any]:
             "name": name,
             "in": "query",
             "required": False,
-            "schema": {"type": "integer", "minimum": 0}
-            if kind is int
-            else {"type": "string", "maxLength": 100},
+            "schema": known.get(name)
+            or (
+                {"type": "integer", "minimum": 0}
+                if kind is int
+                else {"type": "string", "maxLength": 100}
+            ),
         }
         for name, kind in route.query.items()
     ]
