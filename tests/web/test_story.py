@@ -160,8 +160,13 @@ def test_the_whole_story(
     # 6. The employee left long ago: the MA records it; the MU proposes the
     #    disposal, the MA approves; the number is gone.
     subject_id = subject_url.rstrip("/").rsplit("/", 1)[1]
-    corrected = users["MA"].patch(f"/subjects/{subject_id}", {"retention_event": "2015-03-31"})
-    assert corrected.status == 200, corrected.body
+    ma.goto(subject_url)
+    expect(ma.locator("#reveal-button")).to_have_count(0)  # an MA never reveals
+    ma.fill("#retention-event", "2015-03-31")
+    ma.click("#correct-button")
+    expect(ma.locator(".flash")).to_have_text("記録を訂正しました。")
+    expect(ma.locator("#disposal-due")).to_be_visible()
+    shot(ma, "ma-corrected")
     mu.goto(base_url + "/disposal")
     due = mu.locator(f"tr[data-subject-id='{subject_id}']")
     expect(due).to_have_count(1)

@@ -115,6 +115,7 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/search"): MU_MA,
     ("GET", "/subjects/{id}"): MU_MA,
     ("POST", "/subjects/{id}/reveal"): MU,
+    ("POST", "/subjects/{id}/correct"): MA,  # "correct records"
     ("GET", "/exports"): MU_MA,
     ("POST", "/exports"): MU,
     ("GET", "/exports/{id}"): MU_MA,

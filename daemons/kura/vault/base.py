@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from kura.config import Config
-from kura.core import accounts, audit
+from kura.core import accounts, audit, subjects
 from kura.core.errors import (
     BadRequest,
     VaultSealed,
@@ -143,6 +143,35 @@ class VaultBase:
         if accounts.mfa_required(self.policy, role) and not mfa_done:
             return "mfa"
         return None
+
+    def _sealed_row(
+        self,
+        subject: subjects.SubjectInput,
+        employee_id: uuid.UUID | None,
+        actor: str,
+        bidx: bytes | None = None,  # the number's blind index, when already made
+    ) -> dict[str, Any]:
+        """A new subject's row: its own data key (wrapped by the current KEK),
+        the number encrypted under it and its blind index."""
+        keys = self._keys()
+        sid = str(uuid.uuid4())
+        dk, version, wrapped = keys.new_data_key(sid)
+        return {
+            "id": sid,
+            "kind": subject.kind,
+            "code": subject.code,
+            "name": subject.name,
+            "name_kana": subject.name_kana,
+            "employee_id": employee_id,
+            "birth_date": subject.birth_date,
+            "purposes": list(subject.purposes),
+            "retention_basis": subject.retention_basis,
+            "kek_version": version,
+            "wrapped_key": wrapped,
+            "number_ct": dk.encrypt("number", subject.number.encode()),
+            "number_bidx": bidx or keys.blind_index("my_number", subject.number),
+            "created_by": actor,
+        }
 
     def _forget_user_sessions(self, user_id: int) -> None:
         for digest, s in list(self.sessions.items()):

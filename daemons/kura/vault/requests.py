@@ -238,11 +238,11 @@ class RequestOperations(VaultBase):
                         detail={"reason": refusal.code, **_safe_detail(refusal)},
                     )
                 else:
-                    employee = self._new_subject_row(people[0], None, caller.actor)
+                    employee = self._sealed_row(people[0], None, caller.actor)
                     await tx.insert_subject(employee)
                     for person in people[1:]:
                         await tx.insert_subject(
-                            self._new_subject_row(person, employee["id"], caller.actor)
+                            self._sealed_row(person, employee["id"], caller.actor)
                         )
                     changes: dict[str, Any] = {
                         "state": new_state,
@@ -327,29 +327,6 @@ class RequestOperations(VaultBase):
                 field="employee_code",
             )
         return None
-
-    def _new_subject_row(
-        self, person: subjects.SubjectInput, employee_id: Any, actor: str
-    ) -> dict[str, Any]:
-        keys = self._keys()
-        sid = str(uuid.uuid4())
-        dk, version, wrapped = keys.new_data_key(sid)
-        return {
-            "id": sid,
-            "kind": person.kind,
-            "code": person.code,
-            "name": person.name,
-            "name_kana": person.name_kana,
-            "employee_id": employee_id,
-            "birth_date": person.birth_date,
-            "purposes": list(person.purposes),
-            "retention_basis": person.retention_basis,
-            "kek_version": version,
-            "wrapped_key": wrapped,
-            "number_ct": dk.encrypt("number", person.number.encode()),
-            "number_bidx": keys.blind_index("my_number", person.number),
-            "created_by": actor,
-        }
 
     @operation("request.reject")
     async def request_reject(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,12 @@ import base64
 import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import date
 from typing import Any
 
 import psycopg
 
 from kura.core import exports, importer, numbers, subjects
-from kura.core.disposal import Rules, summary_fields
+from kura.core.disposal import Rules, parse_date, summary_fields
 from kura.core.errors import (
     BadRequest,
     DuplicateNumber,
@@ -57,33 +56,6 @@ class SubjectOperations(VaultBase):
             **summary_fields(
                 self.retention_rules, row["kind"], row["retention_basis"], row["retention_event"]
             ),
-        }
-
-    def _sealed_row(
-        self,
-        subject: subjects.SubjectInput,
-        employee_id: uuid.UUID | None,
-        actor: str,
-        bidx: bytes | None = None,  # the number's blind index, when already made
-    ) -> dict[str, Any]:
-        keys = self._keys()
-        sid = str(uuid.uuid4())
-        dk, version, wrapped = keys.new_data_key(sid)
-        return {
-            "id": sid,
-            "kind": subject.kind,
-            "code": subject.code,
-            "name": subject.name,
-            "name_kana": subject.name_kana,
-            "employee_id": employee_id,
-            "birth_date": subject.birth_date,
-            "purposes": list(subject.purposes),
-            "retention_basis": subject.retention_basis,
-            "kek_version": version,
-            "wrapped_key": wrapped,
-            "number_ct": dk.encrypt("number", subject.number.encode()),
-            "number_bidx": bidx or keys.blind_index("my_number", subject.number),
-            "created_by": actor,
         }
 
     @operation("subject.register")
@@ -229,7 +201,7 @@ class SubjectOperations(VaultBase):
                 changes["purposes"] = list(dict.fromkeys(args["purposes"]))
             if "retention_event" in args:
                 changes["retention_event"] = (
-                    _parse_date(args["retention_event"], "retention_event")
+                    parse_date(args["retention_event"], "retention_event")
                     if args["retention_event"]
                     else None
                 )
@@ -436,14 +408,3 @@ def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
 
 def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
     return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
-
-
-def _parse_date(value: str, field: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise BadRequest(
-            f"{field}: not a date (YYYY-MM-DD)",
-            f"{field}: 日付（YYYY-MM-DD）ではありません。",
-            field=field,
-        ) from exc

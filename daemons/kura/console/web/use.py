@@ -183,6 +183,8 @@ async def _subject_context(request: web.Request, sid: str) -> dict[str, Any]:
         "subject": subject,
         "dependents": dependents,
         "can_reveal": who.role == MU,
+        "can_correct": who.role == MA,
+        "purposes": CATALOGUE,
         "revealed": None,
         "revealed_purpose": None,
         "reveal_seconds": REVEAL_SECONDS,
@@ -236,6 +238,34 @@ async def reveal(request: web.Request) -> web.Response:
     # Answered as the page itself: no redirect, so the number is in no URL,
     # and every page is sent with Cache-Control: no-store.
     return render_page(request, "use/subject.html", **context)
+
+
+@routes.post("/subjects/{id}/correct")
+@page(MA)
+async def correct(request: web.Request) -> web.StreamResponse:
+    """The MA corrects a record: names, purposes, and the retention event (the
+    day employment, the contract or the payments ended) that starts the
+    retention period. The number itself is corrected through the API."""
+    sid = _path_id(request)
+    data = await form(request)
+    event = text_field(data, "retention_event", 10)
+    changes: dict[str, Any] = {
+        "id": sid,
+        "name": text_field(data, "name", 100),
+        "name_kana": text_field(data, "name_kana", 100),
+        "purposes": [p for p in data.getall("purposes", []) if isinstance(p, str)],
+        "retention_event": event or None,
+    }
+    try:
+        await call(request, "subject.correct", changes)
+    except VaultError as exc:
+        if exc.vault_code != "bad_request":
+            raise
+        context = await _subject_context(request, sid)
+        return render_page(
+            request, "use/subject.html", status=422, error=message(request, exc), **context
+        )
+    raise redirect(f"/subjects/{sid}", N_("The record was corrected."))
 
 
 # --- exports ----------------------------------------------------------------------
