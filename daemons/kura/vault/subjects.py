@@ -179,7 +179,9 @@ class SubjectOperations(VaultBase):
                 await record(tx, caller, "subject.reveal", target=args["id"], purpose=purpose)
         if purpose not in allowed:
             raise PurposeRequired(allowed=allowed)
-        return {"id": args["id"], "number": number, "purpose": purpose}
+        # The subject's (masked) record too, so a page can show both at once.
+        return {"id": args["id"], "number": number, "purpose": purpose,
+                "subject": self._summary(row)}
 
     @operation("subject.correct")
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:

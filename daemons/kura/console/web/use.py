@@ -9,7 +9,6 @@ pages only decide what each role is shown."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 from datetime import datetime
@@ -168,8 +167,11 @@ async def search(request: web.Request) -> web.Response:
 # --- a subject, and revealing its number ----------------------------------------
 
 
-async def _subject_context(request: web.Request, sid: str) -> dict[str, Any]:
-    subject = (await call(request, "subject.get", {"id": sid}))["subject"]
+async def _subject_context(
+    request: web.Request, sid: str, subject: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    if subject is None:
+        subject = (await call(request, "subject.get", {"id": sid}))["subject"]
     dependents: list[dict[str, Any]] = []
     if subject["kind"] == "employee":
         # Dependents are registered under their employee's code (or one that
@@ -205,32 +207,25 @@ async def reveal(request: web.Request) -> web.Response:
     sid = _path_id(request)
     data = await form(request)
     purpose = text_field(data, "purpose", 40)
-    # The page and the reveal are asked of the vault side by side: the answer
-    # waits for the slower of the two, not for both in turn.
-    context: dict[str, Any] | BaseException
-    shown: dict[str, Any] | BaseException
-    context, shown = await asyncio.gather(
-        _subject_context(request, sid),
-        call(request, "subject.reveal", {"id": sid, "purpose": purpose or "-"}),
-        return_exceptions=True,
-    )
-    if isinstance(context, BaseException):
-        raise context
-    # The language switch and the like come back to the subject's page (a GET),
-    # where the number is hidden again.
-    context["path"] = f"/subjects/{sid}"
-    if isinstance(shown, BaseException):
+    try:
+        shown = await call(request, "subject.reveal", {"id": sid, "purpose": purpose or "-"})
+    except VaultError as exc:
         # The form offers only allowed purposes: this is a stale or forged one,
         # refused and recorded by the vault.
-        if not isinstance(shown, VaultError) or shown.vault_code not in (
-            "purpose_required", "bad_request"
-        ):
-            raise shown
+        if exc.vault_code not in ("purpose_required", "bad_request"):
+            raise
         _ = gettext_for(request)
+        context = await _subject_context(request, sid)
+        context["path"] = f"/subjects/{sid}"
         return render_page(
             request, "use/subject.html", status=422,
             error=_("Choose one of the purposes this subject allows."), **context,
         )
+    # The reveal's answer carries the record: one vault call for the page.
+    context = await _subject_context(request, sid, shown["subject"])
+    # The language switch and the like come back to the subject's page (a GET),
+    # where the number is hidden again.
+    context["path"] = f"/subjects/{sid}"
     number = str(shown["number"])
     context.update(
         revealed=f"{number[:4]}-{number[4:8]}-{number[8:]}", revealed_purpose=purpose
