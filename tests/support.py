@@ -8,7 +8,9 @@ import http.client
 import json
 import random
 import ssl
+import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,3 +202,23 @@ def provision(admin: Api, username: str, role: str) -> Api:
     assert r.status == 200, (r.status, r.body[:300])
     fresh = admin.sign_in(username, r.json["password"])
     return activate(fresh, r.json["password"])
+
+
+def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (30, 80, 160)) -> bytes:
+    """A real PNG of one colour (browsers show it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ EXAMPLES = (15, 10)  # valid, invalid requests, for an identity the operation is
 REFUSED_EXAMPLES = (4, 3)  # for the others (refused at the vault's role check)
 SLOW_EXAMPLES = (8, 6)  # for operations that hash a password on every request
 
-NO_SUCH_RECORD = "5f0c2a4e-0000-4000-8000-000000000000"
+NO_SUCH_RECORD = str(uuid.UUID(int=0x5F0C2A4E << 96, version=4))  # a well-formed id of nothing
 
 SIGN_OUT = ("DELETE", PREFIX + "/session")
 POLICY_SET = ("PUT", PREFIX + "/policy")

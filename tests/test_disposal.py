@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,7 +166,7 @@ def test_an_ma_cannot_approve_their_own_proposal(users: dict[str, Api], cast: Ca
 def test_only_due_subjects_can_be_proposed(users: dict[str, Api], cast: Cast) -> None:
     r = users["MU"].post("/disposals", {"subject_ids": [cast.id("payee"), cast.id("staying")]})
     assert r.status == 409 and r.error_code == "not_due"
-    gone = users["MU"].post("/disposals", {"subject_ids": ["00000000-0000-4000-8000-000000000000"]})
+    gone = users["MU"].post("/disposals", {"subject_ids": [str(uuid.UUID(int=0, version=4))]})
     assert gone.status == 404
     for bad in ("-" * 36, "0" * 36):
         r = users["MU"].post("/disposals", {"subject_ids": [bad]})

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -113,8 +114,8 @@ def test_a_rejection_needs_a_reason_without_a_number_in_it() -> None:
 
 
 def test_file_names_and_the_default_tax_year() -> None:
-    assert exports.filename("withholding_slip", 2026, "0123456789abcdef") == (
-        "kura-withholding_slip-2026-01234567.csv")
+    assert exports.filename("withholding_slip", 2026, "abcdef0123456789") == (
+        "kura-withholding_slip-2026-abcdef01.csv")
     assert exports.filename("payment_record", None, "fedcba98") == (
         "kura-payment_record-all-fedcba98.csv")
     assert exports.default_tax_year(date(2027, 1, 20)) == 2026
@@ -353,7 +354,7 @@ def test_the_tax_year_and_purposes_choose_the_subjects(users: dict[str, Api]) ->
     assert last_year["rows"] == 0
     # Unknown ids are refused, not skipped.
     missing = mu.post("/export-requests", {"purpose": "payment_record",
-                                           "ids": ["00000000-0000-4000-8000-000000000000"]})
+                                           "ids": [str(uuid.UUID(int=0, version=4))]})
     assert missing.status == 404
 
 

@@ -11,9 +11,7 @@ import http.client
 import json
 import re
 import ssl
-import struct
 import uuid
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,29 +23,9 @@ import pytest
 from kura.core import requests as core
 from kura.core.errors import BadRequest, InvalidNumber, KuraError
 from kura.devserver import LocalAppliance
-from tests.support import Api, hyphenated, my_numbers, wrong_check_digit
+from tests.support import Api, hyphenated, my_numbers, png, wrong_check_digit
 
 # --- documents made on the spot ----------------------------------------------------
-
-
-def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (30, 80, 160)) -> bytes:
-    """A real PNG of one colour (browsers show it)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    row = b"\x00" + bytes(rgb) * width
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
 
 
 def jpeg(marker: bytes = b"kura-test-identity") -> bytes:

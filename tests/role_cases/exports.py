@@ -4,6 +4,7 @@ SA and DA do neither."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 ROLES_MU, ROLES_MA = frozenset({"MU"}), frozenset({"MA"})
 ROLES_MU_MA = ROLES_MU | ROLES_MA
-NOBODY_S_REQUEST = "00000000-0000-4000-8000-000000000000"  # for the calls without a session
+NOBODY_S_REQUEST = str(uuid.UUID(int=0, version=4))  # for the calls without a session
 
 
 def _prepared(world: World, threshold: int | None = None) -> str:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.support import Api, my_numbers
-from tests.web.test_story import png
+from tests.support import Api, my_numbers, png
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 8 + b"\x02\x00\x3e\x00" + b"\x90" * 200
 

@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import BrowserContext, FilePayload, Page, expect
 
-from tests.support import Api, hyphenated, my_numbers, wrong_check_digit
-from tests.test_requests import png
+from tests.support import Api, hyphenated, my_numbers, png, wrong_check_digit
 
 # Numbers of this module only, never a real person's.
 EMPLOYEE, CHILD = my_numbers(2, seed=0xC011EC7)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.support import my_numbers
-from tests.web.test_story import png
+from tests.support import my_numbers, png
 
 PAYLOAD = '<i id="xss">X</i>"\'&'
 

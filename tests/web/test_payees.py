@@ -13,6 +13,7 @@ import http.client
 import io
 import re
 import ssl
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -318,7 +319,7 @@ def test_import_shift_jis_then_utf8_with_progress_and_report(
     shot(stranger, "other-mu-refused")
     for suffix in ("/progress", "/report.csv"):
         assert context.request.get(job_url + suffix).status == 403
-    unknown = stranger.goto(base_url + "/payees/import/00000000-0000-4000-8000-000000000000")
+    unknown = stranger.goto(f"{base_url}/payees/import/{uuid.UUID(int=0, version=4)}")
     assert unknown is not None and unknown.status == 404
     page.goto(base_url + "/payees/import")
     stranger.goto(base_url + "/payees/import")

@@ -14,33 +14,15 @@ from __future__ import annotations
 import csv
 import io
 import random
-import struct
-import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.support import Api, hyphenated, my_numbers, wrong_check_digit
+from tests.support import Api, hyphenated, my_numbers, png, wrong_check_digit
 
 Shot = Callable[[Page, str], Path]
-
-
-def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A real PNG image of one colour (the browser must be able to show it)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\x00" + bytes(rgb) * width
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
 
 
 def digits(text: str) -> str:

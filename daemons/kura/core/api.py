@@ -8,43 +8,26 @@ never the value (a value may be a number)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from kura.core.argschema import (
+    CODE,
+    EMPTY,
+    KIND,
+    LIMIT,
+    NUMBER_TEXT,
+    PAGE,
+    PURPOSE,
+    ROLE,
+    USERNAME,
+    UUID,
+    Schema,
+    obj,
+    text,
+)
 from kura.core.errors import BadRequest
-
-Schema = dict[str, Any]
-
-
-def obj(required: Mapping[str, Schema], optional: Mapping[str, Schema] | None = None) -> Schema:
-    props = {**required, **(optional or {})}
-    return {
-        "type": "object",
-        "properties": props,
-        "required": sorted(required),
-        "additionalProperties": False,
-    }
-
-
-def text(max_length: int = 200, min_length: int = 0, pattern: str | None = None) -> Schema:
-    s: Schema = {"type": "string", "maxLength": max_length, "minLength": min_length}
-    if pattern:
-        s["pattern"] = pattern
-    return s
-
-
-NUMBER_TEXT = text(40, 1)  # normalised and checked by the number rules, not the schema
-UUID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"}
-USERNAME = text(64, 1, r"^[A-Za-z0-9._@-]+$")
-ROLE = {"type": "string", "enum": ["MU", "MA", "SA", "DA"]}
-KIND = {"type": "string", "enum": ["employee", "dependent", "payee"]}
-PURPOSE = text(40, 1, r"^[a-z_]+$")
-CODE = text(32, 1, r"^[A-Za-z0-9_-]+$")
-PAGE = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
-LIMIT = {"type": "integer", "minimum": 1, "maximum": 500}
-EMPTY = obj({})
 
 # Filled in below for the subject body (kura.core.subjects owns that schema).
 ARGS: dict[str, Schema] = {

@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kura.core.argschema import DATE, LIMIT, PAGE, UUID, obj
 from kura.core.audit import looks_like_my_number
 from kura.core.errors import BadRequest, Conflict, KuraError, PermissionDenied
 from kura.core.subjects import KINDS, RETENTION_BASES
@@ -394,34 +395,21 @@ def label(table: Mapping[str, tuple[str, str]], code: str, language: str) -> str
 # --- the vault's operation arguments --------------------------------------------------
 
 
-def _obj(required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    # As kura.core.api.obj (which imports this module, so it cannot be imported here).
-    props = {**required, **(optional or {})}
-    return {
-        "type": "object",
-        "properties": props,
-        "required": sorted(required),
-        "additionalProperties": False,
-    }
-
-
-UUID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"}
-DATE = {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$", "maxLength": 10}
 BASIS = {"type": "string", "enum": list(RETENTION_BASES)}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "retention.list": _obj({}),
-    "retention.set": _obj(
+    "retention.list": obj({}),
+    "retention.set": obj(
         {
             "basis": BASIS,
             "keep_years": {"type": "integer", "minimum": 0, "maximum": MAX_KEEP_YEARS},
             "anchor": {"type": "string", "enum": list(ANCHORS)},
         }
     ),
-    "disposal.due": _obj(
+    "disposal.due": obj(
         {}, {"as_of": DATE, "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}
     ),
-    "disposal.propose": _obj(
+    "disposal.propose": obj(
         {
             "subject_ids": {
                 "type": "array",
@@ -432,19 +420,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             }
         }
     ),
-    "disposal.list": _obj(
+    "disposal.list": obj(
         {},
         {
             "state": {"type": "string", "enum": list(STATES)},
-            "offset": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+            "offset": PAGE,
+            "limit": LIMIT,
         },
     ),
-    "disposal.decide": _obj(
+    "disposal.decide": obj(
         {"id": UUID, "decision": {"type": "string", "enum": list(DECISIONS)}},
         {"reason": {"type": "string", "maxLength": REASON_MAX * 2}},
     ),
-    "disposal.records": _obj(
+    "disposal.records": obj(
         {},
         {
             "since": DATE,

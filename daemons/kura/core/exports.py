@@ -34,6 +34,8 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kura.core import argschema
+from kura.core.argschema import KIND, LIMIT, PAGE, UUID, obj
 from kura.core.audit import looks_like_my_number
 from kura.core.errors import BadRequest, Conflict, KuraError, PermissionDenied
 
@@ -352,46 +354,32 @@ def default_tax_year(today: date) -> int:
 
 # --- the vault operations' arguments (registered by kura.core.api) --------------
 
-_UUID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"}
-_PURPOSE = {"type": "string", "minLength": 1, "maxLength": 40, "pattern": "^[a-z_]+$"}
-_KIND = {"type": "string", "enum": ["employee", "dependent", "payee"]}
-
-
-def _obj(required: dict[str, Any], optional: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": {**required, **optional},
-        "required": sorted(required),
-        "additionalProperties": False,
-    }
-
-
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "export.prepare": _obj(
-        {"purpose": _PURPOSE},
+    "export.prepare": obj(
+        {"purpose": argschema.PURPOSE},
         {
             "tax_year": {
                 "type": "integer",
                 "minimum": EARLIEST_TAX_YEAR,
                 "maximum": LATEST_TAX_YEAR,
             },
-            "kind": _KIND,
-            "ids": {"type": "array", "items": _UUID, "maxItems": 100_000},
+            "kind": KIND,
+            "ids": {"type": "array", "items": UUID, "maxItems": 100_000},
             "encoding": {"type": "string", "enum": list(ENCODINGS)},
         },
     ),
-    "export.list": _obj(
+    "export.list": obj(
         {},
         {
-            "id": _UUID,
+            "id": UUID,
             "state": {"type": "string", "enum": [s.value for s in State]},
-            "offset": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+            "offset": PAGE,
+            "limit": LIMIT,
         },
     ),
-    "export.decide": _obj(
-        {"id": _UUID, "decision": {"type": "string", "enum": ["approve", "reject"]}},
+    "export.decide": obj(
+        {"id": UUID, "decision": {"type": "string", "enum": ["approve", "reject"]}},
         {"reason": {"type": "string", "maxLength": REASON_MAX}},
     ),
-    "export.download": _obj({"id": _UUID}, {}),
+    "export.download": obj({"id": UUID}, {}),
 }

@@ -26,41 +26,28 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from kura.core.argschema import LIMIT, PAGE, TIME, obj
 from kura.core.disposal import RetentionRule, subject_due
 from kura.core.errors import BadRequest
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 
 # --- the arguments of this area's vault operations, as JSON Schema ------------
-# (plain dicts: kura.core.api imports this module while it is being built)
-
-_TIME = {"type": "string", "maxLength": 40}
-_PAGE = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
-_LIMIT = {"type": "integer", "minimum": 1, "maximum": 500}
-
-
-def _obj(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [],
-        "additionalProperties": False,
-    }
-
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "report.access": _obj(
+    "report.access": obj(
+        {},
         {
-            "since": _TIME,
-            "until": _TIME,
+            "since": TIME,
+            "until": TIME,
             "user": {"type": "string", "maxLength": 64},
-            "offset": _PAGE,
-            "limit": _LIMIT,
+            "offset": PAGE,
+            "limit": LIMIT,
         }
     ),
-    "report.ledger": _obj({"since": _TIME, "until": _TIME}),
-    "audit.verify": _obj({}),
-    "appliance.status": _obj({}),
+    "report.ledger": obj({}, {"since": TIME, "until": TIME}),
+    "audit.verify": obj({}),
+    "appliance.status": obj({}),
 }
 
 # --- action labels ------------------------------------------------------------

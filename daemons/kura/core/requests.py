@@ -35,6 +35,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from kura.core import subjects
+from kura.core.argschema import LIMIT, PAGE, UUID, obj, text
 from kura.core.errors import BadRequest, Conflict, InvalidNumber, KuraError
 from kura.core.purposes import BY_CODE
 
@@ -477,39 +478,17 @@ _MISSING_DOCUMENT = {
 
 
 # --- the vault operations' arguments (kura.core.api registers them) -----------
-# (kura.core.api imports this module, so its helpers are not imported back.)
-
-
-def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": {**required, **(optional or {})},
-        "required": sorted(required),
-        "additionalProperties": False,
-    }
-
-
-def _text(max_length: int, min_length: int = 0, pattern: str | None = None) -> dict[str, Any]:
-    s: dict[str, Any] = {"type": "string", "maxLength": max_length, "minLength": min_length}
-    if pattern:
-        s["pattern"] = pattern
-    return s
-
-
-_ID = {"type": "string", "format": "uuid", "pattern": "^[0-9a-f-]{36}$"}
 _PURPOSE = {"type": "string", "enum": list(BY_CODE)}
-_PAGE = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
-_LIMIT = {"type": "integer", "minimum": 1, "maximum": 500}
 _DAYS = {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRY_DAYS}
-_TOKEN_TEXT = _text(64, 20, TOKEN_PATTERN)
+_TOKEN_TEXT = text(64, 20, TOKEN_PATTERN)
 _STATE = {"type": "string", "enum": list(STATES)}
 _DOCUMENT_B64 = (MAX_DOCUMENT_BYTES + 2) // 3 * 4
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "request.create": _obj(
+    "request.create": obj(
         {
-            "name": _text(100, 1),
-            "employee_code": _text(EMPLOYEE_CODE_MAX, 1),
+            "name": text(100, 1),
+            "employee_code": text(EMPLOYEE_CODE_MAX, 1),
             "purposes": {
                 "type": "array",
                 "items": _PURPOSE,
@@ -518,32 +497,32 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
         {
-            "name_kana": _text(100),
+            "name_kana": text(100),
             "expires_days": _DAYS,
             "purge_documents": {"type": "boolean"},
         },
     ),
-    "request.list": _obj({}, {"state": _STATE, "id": _ID, "offset": _PAGE, "limit": _LIMIT}),
-    "request.get": _obj({"id": _ID}),
-    "request.document": _obj({"id": _ID, "document_id": _ID}),
-    "request.approve": _obj({"id": _ID}),
-    "request.reject": _obj({"id": _ID, "reason": _text(1000, 1)}),
-    "request.reissue": _obj({"id": _ID}, {"expires_days": _DAYS}),
-    "request.cancel": _obj({"id": _ID}),
-    "request.open": _obj({"token": _TOKEN_TEXT}),
-    "request.submit": _obj(
+    "request.list": obj({}, {"state": _STATE, "id": UUID, "offset": PAGE, "limit": LIMIT}),
+    "request.get": obj({"id": UUID}),
+    "request.document": obj({"id": UUID, "document_id": UUID}),
+    "request.approve": obj({"id": UUID}),
+    "request.reject": obj({"id": UUID, "reason": text(1000, 1)}),
+    "request.reissue": obj({"id": UUID}, {"expires_days": _DAYS}),
+    "request.cancel": obj({"id": UUID}),
+    "request.open": obj({"token": _TOKEN_TEXT}),
+    "request.submit": obj(
         {
             "token": _TOKEN_TEXT,
             "entries": {
                 "type": "array",
                 "minItems": 1,
                 "maxItems": 1 + MAX_DEPENDENTS,
-                "items": _obj(
+                "items": obj(
                     # Checked by make_submission, whose messages name the entry.
-                    {"relation": _text(20), "number": _text(40)},
+                    {"relation": text(20), "number": text(40)},
                     {
-                        "name": _text(100),
-                        "name_kana": _text(100),
+                        "name": text(100),
+                        "name_kana": text(100),
                         "birth_date": {"type": ["string", "null"], "maxLength": 10},
                     },
                 ),
@@ -552,7 +531,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "type": "array",
                 "minItems": 0,  # a missing one gets make_submission's message
                 "maxItems": len(DOCUMENT_KINDS),
-                "items": _obj(
+                "items": obj(
                     {
                         "kind": {"type": "string", "enum": list(DOCUMENT_KINDS)},
                         "content": {
@@ -561,7 +540,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                             "maxLength": _DOCUMENT_B64 + 4,
                         },
                     },
-                    {"content_type": _text(100)},
+                    {"content_type": text(100)},
                 ),
             },
         }
