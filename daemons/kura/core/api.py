@@ -172,6 +172,9 @@ def _register_domain_schemas() -> None:
                 # and reports a bad one by its line instead of refusing them all.
                 "rows": {"type": "array", "maxItems": 100_000},
                 "csv": {"type": "string", "maxLength": 48 << 20},
+                # The console parses an uploaded file itself and sends the rows:
+                # how many it refused while reading, for the batch's audit entry.
+                "refused_on_parse": {"type": "integer", "minimum": 0, "maximum": 100_000},
             },
         ),
     )

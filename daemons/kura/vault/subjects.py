@@ -243,13 +243,23 @@ class SubjectOperations(VaultBase):
             parsed = importer.parse_rows(args.get("rows", []))
         self._keys()
         rejections = [_rejection_json(r) for r in parsed.rejections]
+        # Rows refused while reading the file (here, or by the console, which
+        # parses an uploaded file itself and says how many it refused) are
+        # counted in the first batch's audit entry — or in an entry of their
+        # own when no row was left to store.
+        refused_reading = len(parsed.rejections) + args.get("refused_on_parse", 0)
         created = existing = 0
         records = sorted(parsed.records, key=lambda r: r.subject.kind != "employee")
+        if not records and refused_reading:
+            async with self.store.transaction() as tx:
+                await record(tx, caller, "subject.import", detail=_import_counts(refused_reading))
         for start in range(0, len(records), IMPORT_BATCH):
             batch = records[start : start + IMPORT_BATCH]
             for attempt in range(3):
                 try:
-                    c, e, rej = await self._import_batch(caller, batch)
+                    c, e, rej = await self._import_batch(
+                        caller, batch, refused_reading if start == 0 else 0
+                    )
                     break
                 except psycopg.errors.UniqueViolation:
                     # Someone registered one of these numbers meanwhile: classify again.
@@ -268,7 +278,7 @@ class SubjectOperations(VaultBase):
         }
 
     async def _import_batch(
-        self, caller: Caller, batch: Sequence[importer.ImportRecord]
+        self, caller: Caller, batch: Sequence[importer.ImportRecord], refused_reading: int = 0
     ) -> tuple[int, int, list[dict[str, Any]]]:
         keys = self._keys()
         bidxs = [keys.blind_index("my_number", r.subject.number) for r in batch]
@@ -328,7 +338,7 @@ class SubjectOperations(VaultBase):
                 tx,
                 caller,
                 "subject.import",
-                detail={"created": created, "existing": existing, "rejected": len(rejections)},
+                detail=_import_counts(refused_reading, created, existing, len(rejections)),
             )
         return created, existing, rejections
 
@@ -410,3 +420,16 @@ def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
 
 def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
     return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
+
+
+def _import_counts(
+    refused_reading: int, created: int = 0, existing: int = 0, refused_storing: int = 0
+) -> dict[str, int]:
+    """An import batch's audit detail: ``rejected`` counts every refused row,
+    those refused while reading the file included (``rejected_reading``)."""
+    return {
+        "created": created,
+        "existing": existing,
+        "rejected": refused_reading + refused_storing,
+        "rejected_reading": refused_reading,
+    }
