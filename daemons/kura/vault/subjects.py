@@ -186,6 +186,7 @@ class SubjectOperations(VaultBase):
     @operation("subject.correct")
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
+        refusal: DuplicateNumber | None = None
         async with self.store.transaction() as tx:
             row = await tx.subject(args["id"], lock=True)
             if row is None:
@@ -212,22 +213,39 @@ class SubjectOperations(VaultBase):
                 bidx = keys.blind_index("my_number", number)
                 other = await tx.subject_by_bidx(bidx)
                 if other is not None and other["id"] != row["id"]:
-                    raise DuplicateNumber()
-                dk = keys.open_data_key(
-                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                    # Correcting is not a way to ask "is this number registered?":
+                    # the answer names no one (no id, code or name), nothing is
+                    # changed, and the attempt is on the record — raised only
+                    # after this transaction commits that record.
+                    refusal = DuplicateNumber()
+                else:
+                    dk = keys.open_data_key(
+                        str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                    )
+                    changes["number_ct"] = dk.encrypt("number", number.encode())
+                    changes["number_bidx"] = bidx
+            if refusal is not None:
+                await record(
+                    tx,
+                    caller,
+                    "subject.correct",
+                    outcome="denied",
+                    target=args["id"],
+                    detail={"reason": "duplicate_number"},
                 )
-                changes["number_ct"] = dk.encrypt("number", number.encode())
-                changes["number_bidx"] = bidx
-            if changes:
-                await tx.update_subject(args["id"], changes)
-            await record(
-                tx,
-                caller,
-                "subject.correct",
-                target=args["id"],
-                detail={"fields": sorted(k for k in changes if k != "number_bidx")},
-            )
+            else:
+                if changes:
+                    await tx.update_subject(args["id"], changes)
+                await record(
+                    tx,
+                    caller,
+                    "subject.correct",
+                    target=args["id"],
+                    detail={"fields": sorted(k for k in changes if k != "number_bidx")},
+                )
             row = await tx.subject(args["id"])
+        if refusal is not None:
+            raise refusal
         assert row is not None
         return {"subject": self._summary(row)}
 
