@@ -31,8 +31,14 @@ def _prepared(world: World, threshold: int | None = None) -> str:
         assert r.status == 201, r.body
     finally:
         if threshold is not None:
+            # Raising the threshold again weakens the policy: the MA approves
+            # (the shared appliance has one SA).
             back = world.sa.put("/policy", {"policy": original})
             assert back.status == 200, back.body
+            if back.json["pending"]:
+                change = back.json["pending"]["id"]
+                approved = world.client("MA").post(f"/policy/changes/{change}/approve", {})
+                assert approved.status == 200, approved.body
     request_id: str = r.json["request"]["id"]
     return request_id
 
