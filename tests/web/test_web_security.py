@@ -162,8 +162,13 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("GET", "/reports/access"): SA,
     ("GET", "/reports/ledger"): frozenset({"SA", "MA"}),
     # administration
-    ("GET", "/admin/policy"): SA,
+    # The MA sees the policy page (a waiting change, never the form) where the
+    # appliance has one SA: then the MA is the second person for a weakening.
+    ("GET", "/admin/policy"): frozenset({"SA", "MA"}),
     ("POST", "/admin/policy"): SA,
+    ("POST", "/admin/policy/approve"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/policy/reject"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/policy/cancel"): SA,
     ("GET", "/admin/users"): DA,
     ("POST", "/admin/users"): DA,
     ("POST", "/admin/users/role"): DA,
@@ -866,6 +871,7 @@ def test_idle_session_ends_with_a_notice(
             # MA to approve it (a longer idle time is a weakening).
             assert sa.get("/session").status == 200
             assert users["MA"].get("/session").status == 200
+            assert clerks["SA"].get("/session").status == 200
             time.sleep(min(15.0, max(0.0, 62 - (time.monotonic() - idle_from))))
         # A request on the idle session: the vault has ended it.
         r = direct.get("/account")
@@ -881,7 +887,9 @@ def test_idle_session_ends_with_a_notice(
         page.goto(appliance.url + "/")
         expect(page).to_have_url(re.compile(r"/login"))
     finally:
-        set_policy(sa, {"session_idle_minutes": original}, users["MA"])
+        # The MA approves where the appliance has one SA; this module's own SA
+        # (a second one) where it has two.
+        set_policy(sa, {"session_idle_minutes": original}, users["MA"], clerks["SA"])
     assert sa.get("/policy").json["policy"]["session_idle_minutes"] == original
 
 
