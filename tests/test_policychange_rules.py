@@ -109,10 +109,13 @@ def test_a_mixed_edit_splits() -> None:
         export_approval_threshold=100_000)
 
 
-def test_lists_in_another_order_are_no_change() -> None:
+def test_lists_in_another_order_apply_at_once() -> None:
     current = _policy(allowed_networks=["192.0.2.0/24", "198.51.100.0/24"])
-    assert classify(current, _policy(allowed_networks=["198.51.100.0/24", "192.0.2.0/24"])) == []
-    assert split(BASE, {"mfa_roles": ["DA", "SA"]}).stronger == ()
+    reordered = ["198.51.100.0/24", "192.0.2.0/24"]
+    (change,) = classify(current, _policy(allowed_networks=reordered))
+    assert not change.weaker
+    assert split(current, {"allowed_networks": reordered}).now.allowed_networks == tuple(reordered)
+    assert split(BASE, {"mfa_roles": ["DA", "SA"]}).stronger == ()  # roles have no order
 
 
 def test_a_stale_change_is_refused_with_a_reason() -> None:

@@ -30,6 +30,7 @@ def _proposal(world: World, role: str | None) -> tuple[str, Api | None, dict[str
     original = world.policy()
     if role is None:
         return NOBODY_S_CHANGE, None, original
+    world.one_sa()  # earlier cells made SAs; the MA decides only where there is one
     proposer = world.fully_active("SA") if role == "SA" else world.client("SA")
     weaker = {"export_approval_threshold": original["export_approval_threshold"] + 1}
     r = proposer.put("/policy", {"policy": weaker})

@@ -23,6 +23,8 @@ def test_a_weakening_waits_for_the_ma_and_every_admin_sees_it(
 ) -> None:
     sa, ma = users["SA"], users["MA"]
     original = sa.get("/policy").json["policy"]
+    assert ma.get("/policy/changes").json["active_sas"] == 1, (
+        "a module before this one left a second active SA on the shared appliance")
     try:
         page = as_role("SA")
         page.goto(base_url + "/admin/policy")

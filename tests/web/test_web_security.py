@@ -31,7 +31,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.cookies import SimpleCookie
@@ -391,10 +391,15 @@ def page_routes(appliance: LocalAppliance) -> list[PageRoute]:
 
 
 @pytest.fixture(scope="module")
-def clerks(admin: Api) -> dict[str, Api]:
+def clerks(admin: Api) -> Iterator[dict[str, Api]]:
     """A throwaway signed-in account per role: these tests sign out, switch
-    languages and idle out, which the shared fixture users must not."""
-    return {role: provision(admin, f"websec-{role.lower()}", role) for role in ROLES}
+    languages and idle out, which the shared fixture users must not. The SA
+    is disabled afterwards: with one active SA on the shared appliance, the
+    MA is the second person for a weakening of the policy."""
+    yield {role: provision(admin, f"websec-{role.lower()}", role) for role in ROLES}
+    # A session of its own: the shared DA's may have idled out in the idle test.
+    da = admin.sign_in(admin.username, admin.password, admin.totp_secret)
+    assert da.patch("/users/websec-sa", {"disabled": True}).status == 200
 
 
 @dataclass

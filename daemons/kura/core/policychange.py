@@ -4,9 +4,9 @@ Theory of operation. A Security Admin's edit is compared with the current
 policy field by field (``classify``). A field whose new value lets in
 something the old one kept out is *weaker*; every other changed field is
 *stronger* (or merely rewritten, such as the same networks listed in another
-order). The vault applies the stronger fields at once and keeps the weaker
-ones as one pending change that a second person must approve
-(``split``); on approval they are laid over the policy as it is then
+order, which applies at once too). The vault applies the stronger fields at
+once and keeps the weaker ones as one pending change that a second person
+must approve (``split``); on approval they are laid over the policy as it is then
 (``apply_pending``) and the whole policy is checked again.
 
 What "weaker" means for each field:
@@ -175,8 +175,8 @@ def classify(old: SecurityPolicy, new: SecurityPolicy) -> list[FieldChange]:
 
 
 def _same(name: str, a: Any, b: Any) -> bool:
-    if name in ("mfa_roles", "allowed_networks"):
-        return sorted(a) == sorted(b)  # the order of a list means nothing here
+    # Lists in another order are a change (the SA gets the order they typed),
+    # never a weaker one: the rules above compare them as sets.
     return bool(a == b)
 
 
