@@ -430,6 +430,7 @@ def test_policy_defaults_match_the_brief() -> None:
         "session_absolute_hours": 10,
         "export_approval_threshold": 100,
         "allowed_networks": [],
+        "audit_checkpoint_seconds": 5,
     }
 
 

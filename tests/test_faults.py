@@ -32,6 +32,7 @@ import pytest
 from kura.core.errors import CommandFailed
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
+from tests.policy_support import set_policy
 from tests.support import Api, activate, my_numbers, provision
 
 pytestmark = pytest.mark.slow
@@ -134,10 +135,11 @@ def faulty() -> Iterator[Faulty]:
         assert password
         admin = activate(Api(appliance.url, appliance.cert).sign_in("admin", password), password)
         mu, sa = provision(admin, "mu-faults", "MU"), provision(admin, "sa-faults", "SA")
-        # The checks export every row at once, far over the default approval threshold.
-        policy = sa.get("/policy").json["policy"]
-        raised = sa.put("/policy", {"policy": {**policy, "export_approval_threshold": 1_000_000}})
-        assert raised.status == 200, raised.body
+        # The checks export every row at once, far over the default approval
+        # threshold; raising it weakens the policy, so an MA approves.
+        raised = set_policy(sa, {"export_approval_threshold": 1_000_000},
+                            provision(admin, "ma-faults", "MA"))
+        assert raised["export_approval_threshold"] == 1_000_000
         yield Faulty(appliance, mu, sa, my_numbers(2 * BATCH * BATCHES_PER_TEST, seed=5151))
     finally:
         appliance.stop()

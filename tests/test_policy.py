@@ -1,4 +1,6 @@
-"""The security policy the SA sets takes effect at once, in the vault."""
+"""The security policy the SA sets takes effect in the vault: a stronger
+setting at once, a weaker one once a second person approves it (here the
+MA, the appliance having one SA; tests/test_policy_changes.py has the rules)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
+from tests.policy_support import set_policy
 from tests.support import Api, activate, provision
 
 
@@ -21,7 +24,8 @@ def site() -> Iterator[tuple[LocalAppliance, dict[str, Api]]]:
         assert password
         admin = activate(Api(app.url, app.cert).sign_in("admin", password), password)
         users = {"DA": admin, "SA": provision(admin, "sa-policy", "SA"),
-                 "MU": provision(admin, "mu-policy", "MU")}
+                 "MU": provision(admin, "mu-policy", "MU"),
+                 "MA": provision(admin, "ma-policy", "MA")}
         yield app, users
     finally:
         app.stop()
@@ -51,14 +55,19 @@ def test_allowed_networks_shut_out_other_terminals(
     link = mu.anonymous().post("/registration/open", {"token": "x" * 43})
     assert link.error_code == "link_invalid", link.body
     # The appliance's own socket (client "local") still reaches the vault, so an
-    # SA can undo a mistake from the console tty.
-    asyncio.run(app.vault_call("policy.set", {"policy": {"allowed_networks": ["127.0.0.0/8"]}},
-                               session=sa.token))
+    # SA can undo a mistake from the console tty; widening the networks is a
+    # weakening, so the second person approves it there too.
+    proposed = asyncio.run(app.vault_call(
+        "policy.set", {"policy": {"allowed_networks": ["127.0.0.0/8"]}}, session=sa.token))
+    assert proposed["pending"] is not None
+    assert mu.get("/subjects").status == 403  # not before the approval
+    asyncio.run(app.vault_call("policy.approve", {"id": proposed["pending"]["id"]},
+                               session=users["MA"].token))
     assert mu.get("/subjects").status == 200
     audit = sa.get("/audit", query={"action": "subject.list", "limit": 50}).json["entries"]
     assert any(e["outcome"] == "denied" and e["detail"].get("reason") == "network"
                for e in audit)
-    assert sa.put("/policy", {"policy": {"allowed_networks": []}}).status == 200
+    assert set_policy(sa, {"allowed_networks": []}, users["MA"])["allowed_networks"] == []
 
 
 def test_password_policy_applies_to_the_next_change(
@@ -74,7 +83,7 @@ def test_password_policy_applies_to_the_next_change(
     assert "too_short" in short.json["error"]["detail"]["reasons"]
     # Only what was sent changed; the rest of the policy kept its values.
     assert _policy(sa)["lockout_threshold"] == 5
-    assert sa.put("/policy", {"policy": {"min_length": 12}}).status == 200
+    assert set_policy(sa, {"min_length": 12}, users["MA"])["min_length"] == 12
 
 
 def test_policy_values_out_of_range_are_refused(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +170,23 @@ class World:
     def fully_active(self, role: str) -> Api:
         return provision(self.da, self.unique(f"rm-{role.lower()}-"), role)
 
+    def one_sa(self) -> None:
+        """Disable the SA accounts this module made for its cells, so that the
+        shared SA is the appliance's only active one again: then the MA is the
+        second person for a weakening of the policy (and the next modules on
+        the shared appliance find it so)."""
+        for user in self.user_list():
+            if user["role"] == "SA" and not user["disabled"] and user["username"].startswith(
+                    "rm-"):
+                r = self.da.patch(f"/users/{user['username']}", {"disabled": True})
+                assert r.status == 200, r.body
+
+    def approve_policy(self, change_id: str) -> None:
+        """The MA approves a waiting weakening of the policy."""
+        self.one_sa()
+        r = self.users["MA"].post(f"/policy/changes/{change_id}/approve", {})
+        assert r.status == 200, r.body
+
     # --- what the roles that may look can see ----------------------------------
 
     def subject_codes(self) -> set[str]:
@@ -202,11 +219,12 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(users: dict[str, Api], anon: Api) -> World:
+def world(users: dict[str, Api], anon: Api) -> Iterator[World]:
     w = World(users=users, anon=anon)
     w.subject, w.number = w.register("行列 太郎")
     w.corrected, _ = w.register("訂正 前子")
-    return w
+    yield w
+    w.one_sa()
 
 
 # --- one builder per route: a valid request for the role ----------------------
@@ -392,8 +410,12 @@ def set_policy(world: World, role: str | None) -> Case:
 
     def put_back(r: Response) -> None:
         if r.status == 200:
+            # A shorter minimum weakens the policy: the MA (the shared
+            # appliance has one SA) approves putting it back.
             back = world.sa.put("/policy", {"policy": original})
             assert back.status == 200, back.body
+            if back.json["pending"]:
+                world.approve_policy(back.json["pending"]["id"])
         assert world.policy() == original
 
     return Case(_as(world, role), "PUT", "/policy", {"policy": changed},

@@ -31,8 +31,12 @@ def _prepared(world: World, threshold: int | None = None) -> str:
         assert r.status == 201, r.body
     finally:
         if threshold is not None:
+            # Raising the threshold again weakens the policy: the MA approves
+            # (the shared appliance's only active SA being the one who asked).
             back = world.sa.put("/policy", {"policy": original})
             assert back.status == 200, back.body
+            if back.json["pending"]:
+                world.approve_policy(back.json["pending"]["id"])
     request_id: str = r.json["request"]["id"]
     return request_id
 

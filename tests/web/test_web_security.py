@@ -31,7 +31,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.cookies import SimpleCookie
@@ -49,6 +49,7 @@ from kura.console.web import security
 from kura.console.web.menu import MENU
 from kura.core.audit import looks_like_my_number
 from kura.devserver import LocalAppliance
+from tests.policy_support import set_policy
 from tests.support import Api, hyphenated, my_number, provision
 from tests.web.conftest import session_cookie
 
@@ -161,8 +162,13 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("GET", "/reports/access"): SA,
     ("GET", "/reports/ledger"): frozenset({"SA", "MA"}),
     # administration
-    ("GET", "/admin/policy"): SA,
+    # The MA sees the policy page (a waiting change, never the form) where the
+    # appliance has one SA: then the MA is the second person for a weakening.
+    ("GET", "/admin/policy"): frozenset({"SA", "MA"}),
     ("POST", "/admin/policy"): SA,
+    ("POST", "/admin/policy/approve"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/policy/reject"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/policy/cancel"): SA,
     ("GET", "/admin/users"): DA,
     ("POST", "/admin/users"): DA,
     ("POST", "/admin/users/role"): DA,
@@ -385,10 +391,15 @@ def page_routes(appliance: LocalAppliance) -> list[PageRoute]:
 
 
 @pytest.fixture(scope="module")
-def clerks(admin: Api) -> dict[str, Api]:
+def clerks(admin: Api) -> Iterator[dict[str, Api]]:
     """A throwaway signed-in account per role: these tests sign out, switch
-    languages and idle out, which the shared fixture users must not."""
-    return {role: provision(admin, f"websec-{role.lower()}", role) for role in ROLES}
+    languages and idle out, which the shared fixture users must not. The SA
+    is disabled afterwards: with one active SA on the shared appliance, the
+    MA is the second person for a weakening of the policy."""
+    yield {role: provision(admin, f"websec-{role.lower()}", role) for role in ROLES}
+    # A session of its own: the shared DA's may have idled out in the idle test.
+    da = admin.sign_in(admin.username, admin.password, admin.totp_secret)
+    assert da.patch("/users/websec-sa", {"disabled": True}).status == 200
 
 
 @dataclass
@@ -861,8 +872,11 @@ def test_idle_session_ends_with_a_notice(
         assert r.status == 200 and 'data-idle-minutes="1"' in r.text, r
         idle_from = time.monotonic()
         while time.monotonic() - idle_from < 62:
-            # The SA must outlive the minute to put the policy back.
+            # The SA must outlive the minute to put the policy back, and the
+            # MA to approve it (a longer idle time is a weakening).
             assert sa.get("/session").status == 200
+            assert users["MA"].get("/session").status == 200
+            assert clerks["SA"].get("/session").status == 200
             time.sleep(min(15.0, max(0.0, 62 - (time.monotonic() - idle_from))))
         # A request on the idle session: the vault has ended it.
         r = direct.get("/account")
@@ -878,8 +892,9 @@ def test_idle_session_ends_with_a_notice(
         page.goto(appliance.url + "/")
         expect(page).to_have_url(re.compile(r"/login"))
     finally:
-        restored = sa.put("/policy", {"policy": {"session_idle_minutes": original}})
-        assert restored.status == 200, restored.body[:300]
+        # The MA approves where the appliance has one SA; this module's own SA
+        # (a second one) where it has two.
+        set_policy(sa, {"session_idle_minutes": original}, users["MA"], clerks["SA"])
     assert sa.get("/policy").json["policy"]["session_idle_minutes"] == original
 
 

@@ -148,7 +148,44 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/policy", "policy.get", "The security policy", tag="policy"),
     Route(
-        "PUT", "/policy", "policy.set", "Change the security policy (SA)", body=True, tag="policy"
+        "PUT",
+        "/policy",
+        "policy.set",
+        "Change the security policy (SA): stronger settings apply at once, weaker ones wait "
+        "for a second person",
+        body=True,
+        tag="policy",
+    ),
+    Route(
+        "GET",
+        "/policy/changes",
+        "policy.pending",
+        "Policy changes: the weakening that waits for a second person, and those of the "
+        "last 7 days",
+        tag="policy",
+    ),
+    Route(
+        "POST",
+        "/policy/changes/{id}/approve",
+        "policy.approve",
+        "Approve a waiting policy change (another SA; an MA where there is one SA)",
+        body=True,
+        tag="policy",
+    ),
+    Route(
+        "POST",
+        "/policy/changes/{id}/reject",
+        "policy.reject",
+        "Reject a waiting policy change (another SA; an MA where there is one SA)",
+        body=True,
+        tag="policy",
+    ),
+    Route(
+        "POST",
+        "/policy/changes/{id}/cancel",
+        "policy.cancel",
+        "Cancel your own waiting policy change (SA)",
+        tag="policy",
     ),
     Route(
         "GET",

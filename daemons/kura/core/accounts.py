@@ -94,6 +94,12 @@ _INT_FIELDS: dict[str, tuple[int, int, str, str]] = {
         "この行数を超える持出しには管理者の承認が必要",
         "Exports with more rows than this need an MA's approval",
     ),
+    "audit_checkpoint_seconds": (
+        1,
+        3600,
+        "監査ログの先頭に署名する間隔（秒）",
+        "Seconds between signatures of the audit chain's head",
+    ),
 }
 
 MAX_ALLOWED_NETWORKS = 64
@@ -120,6 +126,7 @@ class SecurityPolicy:
     session_absolute_hours: int = 10
     export_approval_threshold: int = 100
     allowed_networks: tuple[str, ...] = ()
+    audit_checkpoint_seconds: int = 5
 
     def __post_init__(self) -> None:
         for name, (low, high, _, _) in _INT_FIELDS.items():

@@ -64,6 +64,12 @@ ALLOWED: dict[str, frozenset[Role]] = {
     # security policy and audit
     "policy.get": frozenset({_SA}),
     "policy.set": frozenset({_SA}),
+    # A weakening waits for a second person: an SA, or an MA where there is
+    # exactly one SA (checked by the vault); the DA only sees that it waits.
+    "policy.pending": frozenset({_SA, _MA, _DA}),
+    "policy.approve": frozenset({_SA, _MA}),
+    "policy.reject": frozenset({_SA, _MA}),
+    "policy.cancel": frozenset({_SA}),
     "audit.list": frozenset({_SA}),
     "audit.export": frozenset({_SA}),
     # accounts and the appliance

@@ -347,22 +347,3 @@ class AccountOperations(VaultBase):
             )
         self._forget_user_sessions(int(user["id"]))
         return {"username": args["username"], "password": password, "must_change_password": True}
-
-    # --- policy ----------------------------------------------------------------
-
-    @operation("policy.get")
-    async def policy_get(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        async with self.store.transaction() as tx:
-            await record(tx, caller, "policy.get")
-        return {"policy": self.policy.to_json()}
-
-    @operation("policy.set")
-    async def policy_set(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
-        new = accounts.SecurityPolicy.from_json(args["policy"], base=self.policy)
-        old = self.policy.to_json()
-        async with self.store.transaction() as tx:
-            await tx.set_setting("policy", new.to_json())
-            changed = sorted(k for k, v in new.to_json().items() if old.get(k) != v)
-            await record(tx, caller, "policy.set", detail={"changed": changed})
-        self.policy = new
-        return {"policy": new.to_json()}

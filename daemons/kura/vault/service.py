@@ -52,6 +52,7 @@ from kura.vault.base import (
 from kura.vault.disposals import DisposalOperations
 from kura.vault.exports import ExportOperations
 from kura.vault.oversight import OversightOperations
+from kura.vault.policy import PolicyOperations
 from kura.vault.reports import ReportOperations
 from kura.vault.requests import RequestOperations
 from kura.vault.store import Store
@@ -70,6 +71,7 @@ class Vault(
     ExportOperations,
     DisposalOperations,
     ReportOperations,
+    PolicyOperations,
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)

@@ -63,6 +63,7 @@ _DISPOSAL_COLUMNS = (
     " e.retention_event AS employee_event"
 )
 DISPOSAL_LOCK = 0x6B757264  # "kurd": proposals and decisions of disposals
+POLICY_LOCK = 0x6B757270  # "kurp": changes to the security policy
 
 Row = dict[str, Any]
 
@@ -231,6 +232,69 @@ class Tx:
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             (key, json.dumps(value, ensure_ascii=False)),
         )
+
+    # --- security policy changes (kura.vault.policy) -------------------------
+
+    async def lock_policy(self) -> None:
+        """One policy change at a time, so that two admins' edits cannot both
+        start from the same policy and the later one silently undo the other."""
+        await self.run("SELECT pg_advisory_xact_lock(%s)", (POLICY_LOCK,))
+
+    async def insert_policy_change(
+        self,
+        change_id: str,
+        state: str,
+        proposed_by: str,
+        at: datetime,
+        changes: Mapping[str, Any],
+        base: Mapping[str, Any],
+    ) -> None:
+        """A new change; an 'applied' one is decided by its proposer at once."""
+        decided = (proposed_by, at) if state != "proposed" else (None, None)
+        await self.run(
+            "INSERT INTO policy_changes (id, state, proposed_by, proposed_at, changes, base,"
+            " decided_by, decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                change_id,
+                state,
+                proposed_by,
+                at,
+                json.dumps(changes, ensure_ascii=False),
+                json.dumps(base, ensure_ascii=False),
+                *decided,
+            ),
+        )
+
+    async def policy_change(self, change_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM policy_changes WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (change_id,),
+        )
+
+    async def policy_changes(self, since: datetime) -> list[Row]:
+        """The change waiting for a second person, if any, and every change
+        applied, rejected or cancelled since ``since``; newest first."""
+        return await self.all(
+            "SELECT * FROM policy_changes WHERE state = 'proposed'"
+            " OR (state <> 'superseded' AND decided_at >= %s)"
+            " ORDER BY state <> 'proposed', coalesce(decided_at, proposed_at) DESC LIMIT 50",
+            (since,),
+        )
+
+    async def finish_policy_change(
+        self, change_id: Any, state: str, by: str, at: datetime, reason: str = ""
+    ) -> None:
+        await self.run(
+            "UPDATE policy_changes SET state = %s, decided_by = %s, decided_at = %s, reason = %s"
+            " WHERE id = %s",
+            (state, by, at, reason, change_id),
+        )
+
+    async def count_active(self, role: str) -> int:
+        row = await self.one(
+            "SELECT count(*) AS n FROM users WHERE role = %s AND NOT disabled", (role,)
+        )
+        return int(row["n"]) if row else 0
 
     # --- users and sessions --------------------------------------------------
 

@@ -1,5 +1,7 @@
-"""Administration: user accounts (DA), the security policy (SA), and the
-appliance's status with the console's TLS certificate (DA).
+"""Administration: user accounts (DA), the security policy (SA) and its
+changes that wait for a second person (approved by another SA, or by an MA
+where there is one SA), and the appliance's status with the console's TLS
+certificate (DA).
 
 A one-time password is shown once, on the page that answers the POST that
 made it (never in a redirect, a flash or a URL); pages are not cached. The
@@ -21,15 +23,18 @@ from multidict import MultiDictProxy
 from kura.console.vaultclient import VaultError
 from kura.console.web.pages import (
     WEB,
+    Visitor,
     call,
     client_address,
     form,
     gettext_for,
+    language,
     message,
     page,
     redirect,
     render_page,
     text_field,
+    visitor,
 )
 from kura.core import accounts
 from kura.core.errors import BadRequest, KuraError
@@ -38,7 +43,7 @@ from kura.core.roles import Role
 
 routes = web.RouteTableDef()
 
-SA, DA = Role.SA, Role.DA
+MA, SA, DA = Role.MA, Role.SA, Role.DA
 ROLES: tuple[Role, ...] = (Role.MU, Role.MA, Role.SA, Role.DA)
 CERT_WARNING_DAYS = 30
 USER_ERRORS = ("conflict", "bad_request", "not_found")
@@ -216,6 +221,7 @@ POLICY_LABELS: dict[str, str] = {
     "session_absolute_hours": N_("Longest session (hours)"),
     "export_approval_threshold": N_("Rows an export may have without approval"),
     "allowed_networks": N_("Allowed client networks"),
+    "audit_checkpoint_seconds": N_("Audit chain signed every (seconds)"),
 }
 
 
@@ -232,9 +238,63 @@ def _bounds() -> dict[str, tuple[int, int]]:
     return {name: (props[name]["minimum"], props[name]["maximum"]) for name in INT_FIELDS}
 
 
+CHANGE_STATES: dict[str, str] = {
+    "applied": N_("Applied at once (stronger)"),
+    "approved": N_("Approved"),
+    "rejected": N_("Rejected"),
+    "cancelled": N_("Cancelled"),
+}
+
+
+def _shown_value(request: web.Request, name: str, value: Any) -> str:
+    """A policy value as a person reads it."""
+    _ = gettext_for(request)
+    if name == "mfa_roles":
+        english = language(request) == "en"
+        labels = [Role(r).label_en if english else Role(r).label_ja for r in value]
+        return ", ".join(labels) if labels else str(_("nobody"))
+    if name == "allowed_networks":
+        return ", ".join(value) if value else str(_("any network"))
+    if name == "max_age_days" and value == 0:
+        return str(_("never expires"))
+    return str(value)
+
+
+def _shown_change(request: web.Request, change: dict[str, Any]) -> dict[str, Any]:
+    _ = gettext_for(request)
+    rows = [
+        {
+            "field": f["field"],
+            "label": _(POLICY_LABELS.get(f["field"], f["field"])),
+            "old": _shown_value(request, f["field"], f["old"]),
+            "new": _shown_value(request, f["field"], f["new"]),
+            "weaker": f["weaker"],
+        }
+        for f in change["fields"]
+    ]
+    state = CHANGE_STATES.get(change["state"])
+    return {**change, "rows": rows, "state_label": _(state) if state else change["state"]}
+
+
+async def policy_changes(request: web.Request) -> dict[str, Any] | None:
+    """The policy change waiting for a second person and those of the last
+    days, for the policy page and the admins' home page; None for an MU."""
+    who = await visitor(request)
+    if who is None or who.role not in (MA, SA, DA):
+        return None
+    found = await call(request, "policy.pending")
+    pending = found["pending"]
+    return {
+        **found,
+        "pending": _shown_change(request, pending) if pending else None,
+        "recent": [_shown_change(request, c) for c in found["recent"]],
+    }
+
+
 def _policy_page(
     request: web.Request,
-    shown: dict[str, Any],
+    shown: dict[str, Any] | None,
+    changes: dict[str, Any] | None,
     status: int = 200,
     error: str | None = None,
     field: str = "",
@@ -245,6 +305,7 @@ def _policy_page(
         status=status,
         error=error,
         policy=shown,
+        changes=changes,
         bad_field=field,
         bounds=_bounds(),
         labels=POLICY_LABELS,
@@ -254,10 +315,18 @@ def _policy_page(
 
 
 @routes.get("/admin/policy")
-@page(SA)
+@page(SA, MA)
 async def policy(request: web.Request) -> web.Response:
+    changes = await policy_changes(request)
+    who = await visitor(request)
+    assert who is not None and changes is not None
+    if who.role == MA:
+        # An MA decides on a weakening only where the appliance has one SA
+        # (the vault checks it; the page offers the buttons only then). They
+        # see the waiting change, never the form.
+        return _policy_page(request, None, changes)
     current = await call(request, "policy.get")
-    return _policy_page(request, _policy_form(current["policy"]))
+    return _policy_page(request, _policy_form(current["policy"]), changes)
 
 
 class PolicyFormError(BadRequest):
@@ -311,6 +380,7 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
             return _policy_page(
                 request,
                 shown,
+                await policy_changes(request),
                 422,
                 _(
                     "These networks do not include your own address (%(address)s): saving "
@@ -319,7 +389,7 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
                 % {"address": client_address(request)},
                 "allowed_networks",
             )
-        await call(request, "policy.set", {"policy": body})
+        result = await call(request, "policy.set", {"policy": body})
     except (VaultError, BadRequest) as exc:
         code = exc.vault_code if isinstance(exc, VaultError) else exc.code
         if code not in ("bad_request", "policy_form"):
@@ -331,8 +401,71 @@ async def policy_save(request: web.Request) -> web.StreamResponse:
         if field in POLICY_LABELS:
             # The rules name the setting by its key; the page calls it by its label.
             text = text.replace(f"{field}: ", f"{_(POLICY_LABELS[field])}: ", 1)
-        return _policy_page(request, shown, 422, text, field)
-    raise redirect("/admin/policy", N_("The security policy was saved."))
+        return _policy_page(request, shown, await policy_changes(request), 422, text, field)
+    if result["pending"] is None:
+        raise redirect("/admin/policy", N_("The security policy was saved."))
+    if result["applied"]:
+        raise redirect(
+            "/admin/policy",
+            N_(
+                "The stronger settings apply now. The weaker ones wait for a second "
+                "person's approval (below)."
+            ),
+        )
+    raise redirect(
+        "/admin/policy",
+        N_("Your change weakens the policy: it waits for a second person's approval (below)."),
+    )
+
+
+async def _change_decision(request: web.Request, op: str, flash: str) -> web.StreamResponse:
+    data = await form(request)
+    change_id = text_field(data, "change", 40)
+    args: dict[str, Any] = {"id": change_id}
+    if op != "policy.cancel":
+        args["reason"] = text_field(data, "reason", 500)
+    try:
+        await call(request, op, args)
+    except VaultError as exc:
+        if exc.vault_code not in (
+            "bad_request",
+            "not_found",
+            "policy_change_closed",
+            "policy_change_stale",
+            "not_eligible_approver",
+        ):
+            raise
+        changes = await policy_changes(request)
+        who: Visitor | None = await visitor(request)
+        shown = None
+        if who is not None and who.role == SA:
+            shown = _policy_form((await call(request, "policy.get"))["policy"])
+        return _policy_page(request, shown, changes, exc.vault_status, message(request, exc))
+    raise redirect("/admin/policy", flash)
+
+
+@routes.post("/admin/policy/approve")
+@page(SA, MA)
+async def policy_approve(request: web.Request) -> web.StreamResponse:
+    return await _change_decision(
+        request, "policy.approve", N_("The policy change was approved and applies now.")
+    )
+
+
+@routes.post("/admin/policy/reject")
+@page(SA, MA)
+async def policy_reject(request: web.Request) -> web.StreamResponse:
+    return await _change_decision(
+        request, "policy.reject", N_("The policy change was rejected; it never applies.")
+    )
+
+
+@routes.post("/admin/policy/cancel")
+@page(SA)
+async def policy_cancel(request: web.Request) -> web.StreamResponse:
+    return await _change_decision(
+        request, "policy.cancel", N_("Your policy change was cancelled.")
+    )
 
 
 # --- the appliance's status --------------------------------------------------------------

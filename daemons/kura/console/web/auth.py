@@ -12,7 +12,7 @@ from aiohttp import web
 
 from kura.console.api import VAULT
 from kura.console.vaultclient import VaultError
-from kura.console.web import i18n, security
+from kura.console.web import admin, i18n, security
 from kura.console.web.pages import (
     WEB,
     Visitor,
@@ -53,7 +53,8 @@ async def home(request: web.Request) -> web.Response:
     status = await call(request, "status")
     if status["sealed"]:
         raise VaultSealed()  # → the sealed page, or the unseal page for a DA or SA
-    return render_page(request, "home.html", vault=status)
+    changes = await admin.policy_changes(request)  # the admins see the policy's changes
+    return render_page(request, "home.html", vault=status, policy_changes=changes)
 
 
 @routes.get("/login")
