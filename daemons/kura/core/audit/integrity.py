@@ -124,19 +124,21 @@ class Fault:
 
 
 def _merge(faults: Iterable[Fault]) -> list[Fault]:
-    """Adjacent faults of the same kind become one range; order by seq."""
+    """Adjacent or overlapping faults of the same kind become one range;
+    ordered by seq."""
     out: list[Fault] = []
+    last_of: dict[str, int] = {}  # kind -> index in out of its latest range
     for f in sorted(faults, key=lambda f: (f.first, f.last, f.kind)):
+        i = last_of.get(f.kind)
         if (
-            out
-            and out[-1].kind == f.kind
+            i is not None
             and f.found_at is None
-            and out[-1].found_at is None
-            and f.first <= out[-1].last + 1
+            and out[i].found_at is None
+            and f.first <= out[i].last + 1
         ):
-            prev = out[-1]
-            out[-1] = Fault(f.kind, prev.first, max(prev.last, f.last))
+            out[i] = Fault(f.kind, out[i].first, max(out[i].last, f.last))
         elif f not in out:
+            last_of[f.kind] = len(out)
             out.append(f)
     return out
 
@@ -396,7 +398,7 @@ def extension_faults(
     checkpoint must match."""
     faults: list[Fault] = []
     altered = frozenset(new_altered)
-    new_seq_of = {h: s for s, h in new_hashes.items() if s not in altered}
+    new_seq_of = {h: s for s, h in new_hashes.items()}
     for entry in old_entries:
         got = new_hashes.get(entry.seq)
         if got == entry.hash:
