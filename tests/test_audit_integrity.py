@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -28,7 +29,7 @@ from psycopg.rows import dict_row
 from kura.core import audit
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
-from tests.support import Api, activate, fresh_totp, my_numbers, provision
+from tests.support import Api, Response, activate, fresh_totp, my_numbers, provision
 from tests.test_audit_tamper import RESTORE, SAVED, Scene, export, owner, superuser, verify
 
 HEAD_FILE = "audit-head.json"
@@ -95,6 +96,30 @@ def wait_for_fault(scene: Scene, timeout: float = 20.0) -> dict[str, Any]:
             return state
         time.sleep(0.2)
     raise AssertionError("the vault did not notice the tampering")
+
+
+def console(api: Api, method: str, path: str, form: dict[str, str] | None = None) -> Response:
+    """A console page as ``api``'s user (their session as the cookie), no browser."""
+    conn = api._connection()
+    headers = {"Cookie": f"kura_session={api.token}"}
+    body = None
+    if form is not None:
+        body = urlencode(form)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        raw = conn.getresponse()
+        return Response(raw.status, {k.lower(): v for k, v in raw.getheaders()}, raw.read())
+    finally:
+        conn.close()
+
+
+def acknowledge_in_console(api: Api) -> Response:
+    page = console(api, "GET", "/audit-integrity")
+    assert page.status == 200, page.body[:300]
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page.body)
+    assert csrf, page.body[:500]
+    return console(api, "POST", "/audit-integrity/acknowledge", {"csrf": csrf.group(1).decode()})
 
 
 def top(app: LocalAppliance) -> int:
@@ -263,6 +288,28 @@ def test_a_restart_after_deleting_the_tail_is_caught_by_the_head_file(scene: Sce
     # The incident entry follows the trusted head, so the gap stays visible.
     incident = int(owner(app, "SELECT seq FROM audit WHERE action = 'audit.integrity_fault'"))
     assert incident == head.seq + 1
+
+    # The console: a clerk is sent to the "stopped" page; the SA and the DA
+    # see a banner on every page and acknowledge there.
+    mu, sa, da = scene.users["MU"], scene.users["SA"], scene.users["DA"]
+    home = console(mu, "GET", "/")
+    assert home.status == 303 and home.headers["location"] == "/audit-integrity"
+    stopped = console(mu, "GET", "/audit-integrity")
+    assert stopped.status == 503
+    assert "停止中: 監査ログの完全性" in stopped.body.decode()
+    assert 'id="acknowledge"' not in stopped.body.decode()
+    for admin in (sa, da):
+        text = console(admin, "GET", "/").body.decode()
+        assert "監査ログの完全性: 保管庫は停止しています。" in text, text[:2000]
+    shown = console(sa, "GET", "/audit-integrity").body.decode()
+    assert f"記録 {first}〜{head.seq}: 欠落" in shown
+    done = acknowledge_in_console(sa)
+    assert done.status == 303 and done.headers["location"] == "/audit-integrity"
+    assert "確認しました" in console(sa, "GET", "/audit-integrity").body.decode()
+    done = acknowledge_in_console(da)
+    assert done.status == 303 and done.headers["location"] == "/"
+    assert status(scene) == {"state": "ok"}
+    assert console(mu, "GET", "/").status == 200
 
 
 def test_an_untouched_chain_keeps_the_head_file_current(scene: Scene) -> None:

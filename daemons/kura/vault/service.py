@@ -295,7 +295,10 @@ class Vault(
             raise self.refuse_in_fault()
         if session.restriction and op not in SELF:
             raise ActionRequired(required=session.restriction)
-        return await handler(caller, valid)
+        result = await handler(caller, valid)
+        if op == "whoami":  # the console shows its banner on every page
+            result = {**result, "audit_integrity": "fault"}
+        return result
 
     def _client_allowed(self, client: str) -> bool:
         # "local" is a peer on the vault's own socket, already checked by uid.
