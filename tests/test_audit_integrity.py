@@ -32,7 +32,7 @@ from tests.conftest import new_appliance
 from tests.support import Api, Response, activate, fresh_totp, my_numbers, provision
 from tests.test_audit_tamper import RESTORE, SAVED, Scene, export, owner, superuser, verify
 
-HEAD_FILE = "audit-head.json"
+HEAD_FILE = "audit/head.json"
 
 
 @pytest.fixture(scope="module")

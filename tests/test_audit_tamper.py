@@ -111,7 +111,7 @@ def restore(scene: Scene) -> Iterator[None]:
     app = scene.app
     app.stop_daemon("vault")
     superuser(app, "".join(f"CREATE TABLE saved_{t} AS TABLE {t};\n" for t in SAVED))
-    head_file = app.keys_dir / "audit-head.json"
+    head_file = app.keys_dir / "audit" / "head.json"
     head = head_file.read_bytes()
     app.start_daemon("vault")
     yield

@@ -2,7 +2,7 @@
 
 The vault trusts one head of the chain (seq, hash): the last entry it
 committed, kept in memory (``Store.trusted``) and, signed with the audit key,
-in ``audit-head.json`` on the keys partition, rewritten at every checkpoint
+in ``audit/head.json`` on the keys partition, rewritten at every checkpoint
 and at shutdown. The database must always extend that head:
 
 - before every append (``Tx.append_audit``, in the same round trip as the
@@ -42,7 +42,11 @@ from kura.vault.store import ChainDiverged
 
 log = logging.getLogger("kura.vault")
 
-HEAD_FILE = "audit-head.json"
+# A folder of its own on the keys partition: the rest of the partition (the
+# sealed root key) stays read-only for the vault (systemd ReadOnlyPaths), and
+# only this folder is writable (ReadWritePaths; tmpfiles.d makes it).
+HEAD_DIR = "audit"
+HEAD_FILE = "head.json"
 
 
 @dataclass
@@ -91,13 +95,14 @@ class IntegrityOperations(VaultBase):
 
     @property
     def head_path(self) -> Path:
-        return self.config.vault.keys_dir / HEAD_FILE
+        return self.config.vault.keys_dir / HEAD_DIR / HEAD_FILE
 
     def write_head(self, head: audit.ChainHead, keys: KeyHierarchy | None = None) -> None:
         keys = keys or self.keys
         if keys is None or not self.store.head_check:
             return
         signed = audit.sign_head(keys.audit_signing_key, head.seq, head.hash, self.clock())
+        self.head_path.parent.mkdir(mode=0o700, exist_ok=True)
         fsutil.write_atomic(self.head_path, audit.head_bytes(signed), 0o600)
 
     def read_head(self, keys: KeyHierarchy) -> tuple[audit.ChainHead | None, bool]:
