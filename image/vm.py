@@ -121,6 +121,26 @@ def free_port() -> int:
         return port
 
 
+def private_file(path: Path) -> Path:
+    """`path`, created if missing, readable and writable by its owner only (also when an
+    older run left it readable by others); its contents are kept."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return path
+
+
+def smbios_credential(name: str, value: bytes, handle: int = 0x4B00) -> bytes:
+    """An SMBIOS type 11 (OEM strings) structure holding the systemd credential `name`,
+    as `-smbios type=11,value=io.systemd.credential.binary:NAME=BASE64` would make it:
+    the 5-byte header (type, length, handle, string count), the string, and the two NULs
+    that end a structure's strings. systemd reads it from /sys/firmware/dmi/entries."""
+    text = f"io.systemd.credential.binary:{name}={base64.b64encode(value).decode()}"
+    return bytes([11, 5]) + handle.to_bytes(2, "little") + bytes([1]) + text.encode() + b"\0\0"
+
+
 def strip_ansi(text: str) -> str:
     """The text without terminal escape sequences and carriage returns."""
     return _ANSI.sub("", text).replace("\r", "")
@@ -453,6 +473,7 @@ class VM:
         for guest in guest_ports:
             self.ports.setdefault(guest, free_port())
         self._credentials: dict[str, bytes] = {}
+        self._credential_tables: list[Path] = []
         self.console = SerialConsole(self.state_dir / "serial.log")
         self._qemu: subprocess.Popen[bytes] | None = None
         self._swtpm: subprocess.Popen[bytes] | None = None
@@ -508,7 +529,12 @@ class VM:
                           "guest_ports") from None
 
     def credential(self, name: str, value: bytes) -> None:
-        """Pass a systemd credential through SMBIOS type 11 from the next `start()` on."""
+        """Pass a systemd credential through SMBIOS type 11 from the next `start()` on.
+
+        The value never appears on qemu's command line (which `ps` shows to every user
+        of the host, and which qemu.log records): it goes into an SMBIOS table file,
+        0600 in the private runtime folder, that qemu reads at start and that is
+        deleted as soon as qemu is up (`-smbios file=PATH`)."""
         if not _CREDENTIAL_NAME.fullmatch(name):
             raise VMError(f"credential name {name!r}: use letters, digits, '_.@-'")
         self._credentials[name] = value
@@ -544,8 +570,12 @@ class VM:
             raise VMError(f"no disk image at {self.image}")
         if not OVMF_CODE.is_file():
             raise VMError(f"no UEFI firmware at {OVMF_CODE} (apt-get install ovmf)")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tpm_dir.mkdir(mode=0o700, exist_ok=True)
+        # The serial log shows custodian shares and one-time passwords, qemu.log the
+        # command lines: readable by their owner only, and appended to across starts.
+        for log in (self.serial_log, self.qemu_log, self.state_dir / "swtpm.log"):
+            private_file(log)
         identity = _image_identity(self.image, self.image_stamp)
         if not self.overlay.exists():
             partial = self.overlay.with_suffix(".partial")
@@ -595,7 +625,8 @@ class VM:
         ]
         if self.interactive:
             # Ctrl-A X quits, Ctrl-A C switches to qemu's monitor; Ctrl-C goes to the guest.
-            argv += ["-chardev", f"stdio,id=con0,mux=on,signal=off,logfile={self.serial_log}",
+            argv += ["-chardev", f"stdio,id=con0,mux=on,signal=off,logfile={self.serial_log}"
+                     ",logappend=on",
                      "-serial", "chardev:con0", "-mon", "chardev=con0,mode=readline"]
         else:
             argv += ["-monitor", "none", "-serial", "stdio"]
@@ -603,9 +634,12 @@ class VM:
             argv += ["-drive", f"if=none,id=usbstick,format=raw,file={self.usb_stick}",
                      "-device", "qemu-xhci,id=xhci",
                      "-device", "usb-storage,bus=xhci.0,drive=usbstick,removable=on"]
-        for name, value in sorted(self._credentials.items()):
-            encoded = base64.b64encode(value).decode()
-            argv += ["-smbios", f"type=11,value=io.systemd.credential.binary:{name}={encoded}"]
+        for n, (name, value) in enumerate(sorted(self._credentials.items())):
+            # A file, not `-smbios type=11,value=...`: argv is world-readable.
+            table = runtime / f"credential-{n}.smbios"
+            with open(private_file(table), "wb") as f:
+                f.write(smbios_credential(name, value, handle=0x4B00 + n))
+            argv += ["-smbios", f"file={table}"]
         return argv
 
     def start(self) -> None:
@@ -656,6 +690,9 @@ class VM:
             except FileNotFoundError as e:
                 raise VMError(f"{QEMU} is not installed (apt-get install qemu-system-x86)") from e
         self.qemu_pids.append(self._qemu.pid)
+        # qemu read the credential tables while parsing its options; once its QMP
+        # socket answers (below) they are removed, so no copy of a secret stays.
+        self._credential_tables = sorted(runtime.glob("credential-*.smbios"))
         if not self.interactive:
             assert self._qemu.stdout is not None and self._qemu.stdin is not None
             self.console.attach(self._qemu.stdout, self._qemu.stdin)
@@ -667,6 +704,8 @@ class VM:
                               f"{self._last_error()}")
             try:
                 self._qmp = QMP(sock)
+                for table in self._credential_tables:
+                    table.unlink(missing_ok=True)
                 return
             except (FileNotFoundError, ConnectionRefusedError) as e:
                 if time.monotonic() > deadline:

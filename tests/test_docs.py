@@ -31,3 +31,49 @@ def test_build_sh_help_lists_its_commands() -> None:
                          check=True).stdout
     for command in ("run", "image", "image-lock", "verify-repro", "dev", "test"):
         assert f"  {command}" in out
+
+
+def _who(op: str) -> str | None:
+    """Who may call ``op``, as docs/api.md writes it; kura.core.roles is the source."""
+    from kura.core.roles import ALLOWED, PUBLIC, SELF
+
+    if op in PUBLIC:
+        return "anyone"
+    if op in SELF:
+        return "any signed-in user"
+    if op in ALLOWED:
+        return ", ".join(sorted(role.value for role in ALLOWED[op]))
+    return None
+
+
+def test_the_api_page_names_exactly_the_roles_that_may_call_each_route() -> None:
+    """Each route's "who" in docs/api.md is what roles.ALLOWED says of its vault
+    operation; the message gives the line to write for each route that differs
+    or is missing, and names the rows whose route is gone."""
+    page = (TOP / "docs" / "api.md").read_text()
+    rows: dict[str, str] = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0] in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            rows[f"{cells[0]} {cells[1].strip('`')}"] = cells[2]
+    problems = []
+    routes = set()
+    for route in ROUTES:
+        key = f"{route.method} /api/v1{route.path}"
+        routes.add(key)
+        who = _who(route.op)
+        if who is None:
+            problems.append(f"{key}: its operation {route.op} is in no table of kura/core/roles.py")
+            continue
+        written = rows.get(key)
+        # The public routes may say why anyone may ("anyone (the link's token ...)").
+        if written == who or (who == "anyone" and (written or "").startswith("anyone (")):
+            continue
+        doing = "add" if written is None else f"change the line (now {written!r}) to"
+        problems.append(
+            f"docs/api.md: {doing}: | {route.method} | `/api/v1{route.path}` | {who} |"
+            f" {route.summary} |"
+        )
+    problems += [f"docs/api.md: remove the row of {key} (no such route)"
+                 for key in rows if key not in routes]
+    assert problems == [], "\n".join(problems)

@@ -84,6 +84,12 @@ def test_peer_credentials_are_checked_even_if_the_file_is_opened_up(
         (b'{"id": 7, "op": "subject.list", "session": "forged-token"}\n', "not_authenticated"),
         (b'{"id": 8, "op": "bootstrap_da", "args": {"username": "x", "extra": 1}}\n',
          "bad_request"),
+        # Nested past any request's needs, and text that is not Unicode (issue 10).
+        (b'{"id": 9, "op": "status", "args": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n",
+         "bad_request"),
+        (b'{"id": 10, "op": "login", "args": {"username": "\\ud800", "password": "x"}}\n',
+         "bad_request"),
+        (b'{"id": 11, "op": "status", "client": "\\udc00"}\n', "bad_request"),
     ],
 )
 def test_malformed_requests_get_a_clear_error(

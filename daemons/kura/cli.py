@@ -93,12 +93,42 @@ def cmd_vault_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_password(args: argparse.Namespace) -> str:
+    """The SA's password without putting it in argv (ps, shell history): from
+    file descriptor ``--password-fd`` (first line), else $KURA_PASSWORD, else
+    asked on the terminal — so that a cron job or a script can export too."""
+    if args.password_fd is not None:
+        try:
+            with os.fdopen(args.password_fd, encoding="utf-8", closefd=False) as source:
+                password = source.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KuraError(
+                f"cannot read the password from file descriptor {args.password_fd}: "
+                f"{type(exc).__name__}",
+                f"ファイル記述子 {args.password_fd} からパスワードを読めません。",
+            ) from None
+    elif "KURA_PASSWORD" in os.environ:
+        password = os.environ["KURA_PASSWORD"]
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+    else:
+        raise KuraError(
+            "no terminal to ask the password on: give it with --password-fd N or $KURA_PASSWORD",
+            "パスワードを尋ねる端末がありません。--password-fd N または環境変数 KURA_PASSWORD"
+            " で渡してください。",
+        )
+    if not password:
+        raise KuraError("the password is empty", "パスワードが空です。")
+    return password
+
+
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from kura import config
     from kura.console.vaultclient import VaultClient
 
     cfg = config.load(args.config)
-    password = os.environ.get("KURA_PASSWORD") or getpass.getpass(f"password for {args.user}: ")
+    password = _export_password(args)
+    totp = args.totp or os.environ.get("KURA_TOTP", "").strip()
 
     async def export() -> dict[str, object]:
         client = VaultClient(cfg.vault.socket, 1)
@@ -108,7 +138,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
                 {
                     "username": args.user,
                     "password": password,
-                    **({"totp": args.totp} if args.totp else {}),
+                    **({"totp": totp} if totp else {}),
                 },
             )
             token = str(login["token"])
@@ -266,10 +296,23 @@ def parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True
     )
-    e = audit.add_parser("export", help="export a verifiable bundle (needs an SA account)")
+    e = audit.add_parser(
+        "export",
+        help="export a verifiable bundle (needs an SA account)",
+        description="Sign in as an SA and download the audit bundle. The password is read"
+        " from --password-fd N (first line), else $KURA_PASSWORD, else asked on the"
+        " terminal; the TOTP code from --totp or $KURA_TOTP. Without a terminal (cron,"
+        " a script) give both.",
+    )
     e.add_argument("--config")
     e.add_argument("--user", required=True, help="an SA's user name")
-    e.add_argument("--totp", help="the SA's current TOTP code, if required")
+    e.add_argument(
+        "--password-fd",
+        type=int,
+        metavar="N",
+        help="read the SA's password from file descriptor N (e.g. 3 with 3<file)",
+    )
+    e.add_argument("--totp", help="the SA's current TOTP code, if required (or $KURA_TOTP)")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(func=cmd_audit_export)
     v = audit.add_parser(

@@ -7,7 +7,8 @@ naming it (``network.address``), so the console can say exactly what to fix.
 Where it comes from, in order (:func:`find`):
 
 1. ``$CREDENTIALS_DIRECTORY/kura.setup`` — the unit's ``ImportCredential=``
-   (QEMU: ``-smbios type=11,value=io.systemd.credential.binary:kura.setup=…``);
+   (QEMU: an SMBIOS type 11 string ``io.systemd.credential.binary:kura.setup=…``,
+   which image/vm.py passes as a 0600 table file, never in qemu's argv);
 2. ``kura-setup.toml`` on a file system labelled ``KURA-SETUP`` (a USB
    stick), mounted read-only, nosuid, nodev, noexec in a private folder.
 """

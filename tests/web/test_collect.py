@@ -186,3 +186,35 @@ def test_mu_sees_status_only_and_reissues_a_sent_back_request(
     employee.goto(new_link)
     expect(employee.locator("h1")).to_have_text("Register your My Number")
     shot(employee, "new-link-en")
+
+
+def test_the_link_refuses_a_name_that_a_spreadsheet_would_run(
+    new_context: Callable[..., BrowserContext],
+    base_url: str,
+    users: dict[str, Api],
+    shot: Callable[[Page, str], object],
+) -> None:
+    made = users["MA"].post("/requests", {"name": "数式 花子", "employee_code":
+                                          "WEBF-" + uuid.uuid4().hex[:6],
+                                          "purposes": ["withholding_slip"]})
+    assert made.status == 200, made.body
+    employee = new_context().new_page()
+    employee.goto(f"{base_url}/r/{made.json['token']}")
+    own, child = my_numbers(2, seed=0xF0A11)
+    employee.fill("#number", own)
+    employee.select_option("#dep-1-relation", "child")
+    employee.fill("#dep-1-name", "=SUM(A1:A9)")
+    employee.fill("#dep-1-kana", "スウシキ")
+    employee.fill("#dep-1-birth", "2016-04-01")
+    employee.fill("#dep-1-number", child)
+    attach_documents(employee)
+    employee.click("#submit-request")
+    expect(employee.locator(".error")).to_contain_text("扶養親族1")
+    expect(employee.locator(".error")).to_contain_text("先頭に「=」「+」「-」「@」は使えません")
+    expect(employee.locator("#dep-1-name")).to_have_attribute("aria-invalid", "true")
+    shot(employee, "formula-name-refused")
+    # Nothing was used up: the employee corrects the name and sends it.
+    employee.fill("#dep-1-name", "数式 一郎")
+    attach_documents(employee)
+    employee.click("#submit-request")
+    expect(employee.locator("h1")).to_have_text("提出を受け付けました。ありがとうございました")

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from kura.console.vaultclient import VaultClient, VaultError
 from kura.core import api as schemas
+from kura.core import jsonbounds
 from kura.core.errors import BadRequest, KuraError, PayloadTooLarge
 
 log = logging.getLogger("kura.console")
@@ -452,12 +453,9 @@ async def _body(request: web.Request, route: Route) -> dict[str, Any]:
         raise BadRequest(
             "send the body as application/json", "本文は application/json で送ってください。"
         )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(
-            "the body is not valid JSON", "本文が正しい JSON ではありません。"
-        ) from exc
+    # Bounded before parsing: a deeply nested body or a lone surrogate is a
+    # 400 here, not a RecursionError or an encoding error further on.
+    body = jsonbounds.loads(raw)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", "本文は JSON オブジェクトです。")
     return body

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kura.core import jsonbounds
 from kura.core.errors import KuraError, Unavailable
 
 MAX_LINE = 64 << 20
@@ -74,7 +75,13 @@ class VaultClient:
         request = {"id": next(self._ids), "op": op, "args": args or {}, "client": client}
         if session:
             request["session"] = session
-        line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        except UnicodeEncodeError:
+            # A lone surrogate from a form or a query: a 400 naming the field,
+            # like the vault's own check, not an encoding error and a 500.
+            jsonbounds.check_text(args)
+            raise
         async with self._slots:
             for attempt in range(2):
                 conn = await self._checkout()

@@ -12,6 +12,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from kura.core import jsonbounds
 from kura.core.argschema import (
     CODE,
     EMPTY,
@@ -122,6 +123,9 @@ def validate(op: str, args: Any) -> dict[str, Any]:
     validator = _validators.get(op)
     if validator is None:
         validator = _validators[op] = Draft202012Validator(schema)
+    # Text that is not Unicode (a lone surrogate) is refused for every
+    # operation, whatever its schema; the socket has already bounded nesting.
+    jsonbounds.check_text(args)
     error = next(iter(sorted(validator.iter_errors(args), key=lambda e: list(e.path))), None)
     if error is None:
         return dict(args)
@@ -169,6 +173,9 @@ def _register_domain_schemas() -> None:
                 # and reports a bad one by its line instead of refusing them all.
                 "rows": {"type": "array", "maxItems": 100_000},
                 "csv": {"type": "string", "maxLength": 48 << 20},
+                # The console parses an uploaded file itself and sends the rows:
+                # how many it refused while reading, for the batch's audit entry.
+                "refused_on_parse": {"type": "integer", "minimum": 0, "maximum": 100_000},
             },
         ),
     )

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kura.core import argschema
+from kura.core import argschema, spreadsheet
 from kura.core.argschema import KIND, LIMIT, PAGE, UUID, obj
 from kura.core.audit import looks_like_my_number
 from kura.core.errors import BadRequest, Conflict, KuraError, PermissionDenied
@@ -329,7 +329,8 @@ def csv_bytes(lines: Iterable[Sequence[str]], encoding: str) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(HEADER)
-    writer.writerows(lines)
+    # A name like "=HYPERLINK(...)" must open as text, not run as a formula.
+    writer.writerows(spreadsheet.as_text_rows(lines))
     text = out.getvalue()
     if encoding == "shift_jis":
         return text.encode("cp932")  # select() left out whatever would not encode

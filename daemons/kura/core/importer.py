@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kura.core import subjects
+from kura.core import spreadsheet, subjects
 from kura.core.errors import BadRequest, InvalidNumber, KuraError
 from kura.core.purposes import BY_CODE
 from kura.core.subjects import FIELD_LABELS_JA, SubjectInput, field_error
@@ -443,11 +443,6 @@ def parse_rows(rows: Iterable[Mapping[str, Any]], *, max_rows: int = MAX_ROWS) -
 _REPORT_HEADER = ("行 / line", "項目 / field", "理由", "reason")
 
 
-def _report_cell(text: str) -> str:
-    # Spreadsheets run a cell that starts like a formula; a report must never do that.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
 def rejection_report_csv(rejections: Iterable[Rejection], encoding: str = "utf-8-sig") -> bytes:
     """The rejected rows as a CSV file to download: line, field, reason in Japanese
     and in English. ``encoding`` is "utf-8-sig" (Excel opens it) or "cp932"."""
@@ -463,12 +458,8 @@ def rejection_report_csv(rejections: Iterable[Rejection], encoding: str = "utf-8
     for rejection in rejections:
         label = FIELD_LABELS_JA.get(rejection.field)
         shown = f"{label} ({rejection.field})" if label else rejection.field
+        # Spreadsheets run a cell that starts like a formula; a report never does.
         writer.writerow(
-            [
-                str(rejection.line),
-                _report_cell(shown),
-                _report_cell(rejection.ja),
-                _report_cell(rejection.en),
-            ]
+            spreadsheet.as_text_row([str(rejection.line), shown, rejection.ja, rejection.en])
         )
     return out.getvalue().encode(encoding, errors="replace")

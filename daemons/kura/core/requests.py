@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from kura.core import subjects
+from kura.core import spreadsheet, subjects
 from kura.core.argschema import LIMIT, PAGE, UUID, obj, text
 from kura.core.errors import BadRequest, Conflict, InvalidNumber, KuraError
 from kura.core.purposes import BY_CODE
+from kura.core.subjects import FIELD_LABELS_JA
 
 # --- the state machine -------------------------------------------------------
 
@@ -385,12 +386,16 @@ def make_entry(
     if index == 0:
         name, kana = self_name, self_kana
     else:
+        # Names typed on the link are exported later: one that starts like a
+        # spreadsheet formula is refused here (and written as text on output).
         try:
             name = subjects.clean_text_field("name", str(raw.get("name", "")))
+            spreadsheet.refuse_formula("name", FIELD_LABELS_JA["name"], name)
         except KuraError as exc:
             raise _entry_error(index, "name", exc) from None
         try:
             kana = subjects.clean_text_field("name_kana", str(raw.get("name_kana", "")))
+            spreadsheet.refuse_formula("name_kana", FIELD_LABELS_JA["name_kana"], kana)
         except KuraError as exc:
             raise _entry_error(index, "name_kana", exc) from None
     birth_text = raw.get("birth_date") or ""

@@ -21,6 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from kura.core import jsonbounds
 from kura.core.errors import BadRequest, KuraError
 from kura.vault.service import Vault
 
@@ -96,12 +97,8 @@ class VaultServer:
     async def answer(self, line: bytes, uid: int) -> dict[str, Any]:
         request_id = None
         try:
-            try:
-                request = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest(
-                    "the request is not JSON", "リクエストが JSON ではありません。"
-                ) from exc
+            # Bounded nesting, no lone surrogate anywhere (args, session, client).
+            request = jsonbounds.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise BadRequest("the request needs an op", "操作（op）がありません。")
             request_id = request.get("id")

@@ -186,6 +186,7 @@ class SubjectOperations(VaultBase):
     @operation("subject.correct")
     async def subject_correct(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
+        refusal: DuplicateNumber | None = None
         async with self.store.transaction() as tx:
             row = await tx.subject(args["id"], lock=True)
             if row is None:
@@ -212,22 +213,39 @@ class SubjectOperations(VaultBase):
                 bidx = keys.blind_index("my_number", number)
                 other = await tx.subject_by_bidx(bidx)
                 if other is not None and other["id"] != row["id"]:
-                    raise DuplicateNumber()
-                dk = keys.open_data_key(
-                    str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                    # Correcting is not a way to ask "is this number registered?":
+                    # the answer names no one (no id, code or name), nothing is
+                    # changed, and the attempt is on the record — raised only
+                    # after this transaction commits that record.
+                    refusal = DuplicateNumber()
+                else:
+                    dk = keys.open_data_key(
+                        str(row["id"]), row["kek_version"], bytes(row["wrapped_key"])
+                    )
+                    changes["number_ct"] = dk.encrypt("number", number.encode())
+                    changes["number_bidx"] = bidx
+            if refusal is not None:
+                await record(
+                    tx,
+                    caller,
+                    "subject.correct",
+                    outcome="denied",
+                    target=args["id"],
+                    detail={"reason": "duplicate_number"},
                 )
-                changes["number_ct"] = dk.encrypt("number", number.encode())
-                changes["number_bidx"] = bidx
-            if changes:
-                await tx.update_subject(args["id"], changes)
-            await record(
-                tx,
-                caller,
-                "subject.correct",
-                target=args["id"],
-                detail={"fields": sorted(k for k in changes if k != "number_bidx")},
-            )
+            else:
+                if changes:
+                    await tx.update_subject(args["id"], changes)
+                await record(
+                    tx,
+                    caller,
+                    "subject.correct",
+                    target=args["id"],
+                    detail={"fields": sorted(k for k in changes if k != "number_bidx")},
+                )
             row = await tx.subject(args["id"])
+        if refusal is not None:
+            raise refusal
         assert row is not None
         return {"subject": self._summary(row)}
 
@@ -243,13 +261,23 @@ class SubjectOperations(VaultBase):
             parsed = importer.parse_rows(args.get("rows", []))
         self._keys()
         rejections = [_rejection_json(r) for r in parsed.rejections]
+        # Rows refused while reading the file (here, or by the console, which
+        # parses an uploaded file itself and says how many it refused) are
+        # counted in the first batch's audit entry — or in an entry of their
+        # own when no row was left to store.
+        refused_reading = len(parsed.rejections) + args.get("refused_on_parse", 0)
         created = existing = 0
         records = sorted(parsed.records, key=lambda r: r.subject.kind != "employee")
+        if not records and refused_reading:
+            async with self.store.transaction() as tx:
+                await record(tx, caller, "subject.import", detail=_import_counts(refused_reading))
         for start in range(0, len(records), IMPORT_BATCH):
             batch = records[start : start + IMPORT_BATCH]
             for attempt in range(3):
                 try:
-                    c, e, rej = await self._import_batch(caller, batch)
+                    c, e, rej = await self._import_batch(
+                        caller, batch, refused_reading if start == 0 else 0
+                    )
                     break
                 except psycopg.errors.UniqueViolation:
                     # Someone registered one of these numbers meanwhile: classify again.
@@ -268,7 +296,7 @@ class SubjectOperations(VaultBase):
         }
 
     async def _import_batch(
-        self, caller: Caller, batch: Sequence[importer.ImportRecord]
+        self, caller: Caller, batch: Sequence[importer.ImportRecord], refused_reading: int = 0
     ) -> tuple[int, int, list[dict[str, Any]]]:
         keys = self._keys()
         bidxs = [keys.blind_index("my_number", r.subject.number) for r in batch]
@@ -328,7 +356,7 @@ class SubjectOperations(VaultBase):
                 tx,
                 caller,
                 "subject.import",
-                detail={"created": created, "existing": existing, "rejected": len(rejections)},
+                detail=_import_counts(refused_reading, created, existing, len(rejections)),
             )
         return created, existing, rejections
 
@@ -410,3 +438,16 @@ def _reject(line: int, field: str, error: KuraError) -> dict[str, Any]:
 
 def _rejection_json(r: importer.Rejection) -> dict[str, Any]:
     return {"line": r.line, "field": r.field, "code": r.code, "message": r.ja, "message_en": r.en}
+
+
+def _import_counts(
+    refused_reading: int, created: int = 0, existing: int = 0, refused_storing: int = 0
+) -> dict[str, int]:
+    """An import batch's audit detail: ``rejected`` counts every refused row,
+    those refused while reading the file included (``rejected_reading``)."""
+    return {
+        "created": created,
+        "existing": existing,
+        "rejected": refused_reading + refused_storing,
+        "rejected_reading": refused_reading,
+    }

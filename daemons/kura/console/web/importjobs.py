@@ -124,11 +124,21 @@ class ImportJob:
     async def run(self, vault: VaultCaller, session: str, client: str) -> None:
         """Send the pending rows to the vault, batch by batch."""
         size = batch_size(len(self.pending))
+        # The rows refused while reading the file go with the first batch, so
+        # that its audit entry counts them (alone if no row is left to send).
+        unreported = len(self.rejections)
         try:
+            if not self.pending and unreported:
+                await vault.call(
+                    "subject.import", {"rows": [], "refused_on_parse": unreported}, session, client
+                )
             while self.pending:
                 batch = self.pending[:size]
                 rows = [subject_json(record.subject) for record in batch]
-                answer = await vault.call("subject.import", {"rows": rows}, session, client)
+                args: dict[str, Any] = {"rows": rows}
+                if unreported:
+                    args["refused_on_parse"], unreported = unreported, 0
+                answer = await vault.call("subject.import", args, session, client)
                 del self.pending[:size]
                 del rows
                 lines = [record.line for record in batch]
