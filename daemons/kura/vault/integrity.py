@@ -182,8 +182,8 @@ class IntegrityOperations(VaultBase):
         if keys is None:
             return
         result = await self.scan(keys, exc.trusted)
-        faults = result.new or [audit.Fault("missing", exc.trusted.seq, exc.trusted.seq)]
-        await self.enter_fault(faults, exc.trusted, result.found, keys, "append")
+        if result.new:  # else another task has recorded it meanwhile
+            await self.enter_fault(result.new, exc.trusted, result.found, keys, "append")
 
     async def maintain(self, now: float) -> None:
         """The vault's second-by-second upkeep: sign a checkpoint when due, and
