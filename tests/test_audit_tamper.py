@@ -96,24 +96,28 @@ def export(scene: Scene, path: Path) -> Path:
     return path
 
 
-def verify(path: Path) -> subprocess.CompletedProcess[str]:
+def verify(path: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kura.cli", "audit", "verify", str(path)],
+        [sys.executable, "-m", "kura.cli", "audit", "verify", str(path), *more],
         capture_output=True, text=True, timeout=60, check=False,
     )
 
 
 @pytest.fixture
 def restore(scene: Scene) -> Iterator[None]:
-    """Keep a copy of the log and put it back afterwards. The vault is stopped
-    meanwhile so that no checkpoint is signed half-way through."""
+    """Keep a copy of the log and put it back afterwards, with the vault's
+    signed head file (outside the database) that goes with it. The vault is
+    stopped meanwhile so that no checkpoint is signed half-way through."""
     app = scene.app
     app.stop_daemon("vault")
     superuser(app, "".join(f"CREATE TABLE saved_{t} AS TABLE {t};\n" for t in SAVED))
+    head_file = app.keys_dir / "audit" / "head.json"
+    head = head_file.read_bytes()
     app.start_daemon("vault")
     yield
     app.stop_daemon("vault")
     superuser(app, "".join(RESTORE.format(t) for t in SAVED))
+    head_file.write_bytes(head)
     app.start_daemon("vault")
 
 
@@ -247,15 +251,18 @@ def test_a_rewritten_and_rehashed_chain_is_caught_by_the_signed_checkpoint(
     scene: Scene, tmp_path: Path
 ) -> None:
     """An intruder who also recomputes every later hash leaves a consistent
-    chain, but it no longer matches what the vault signed."""
+    chain, but it no longer matches what the vault signed: the vault stops at
+    once and records the incident in the chain, the export shows it as a
+    recorded incident, and ``--after`` an export taken before names the
+    rewritten entries."""
     app = scene.app
     a = seq_of(app, "subject.reveal", 0)
+    before = export(scene, tmp_path / "before.jsonl")
     with psycopg.connect(app.cluster.dsn("postgres"), row_factory=dict_row) as conn:
         found = conn.execute(
             "SELECT min(seq) AS seq FROM audit_checkpoints WHERE seq >= %s", (a,)
         ).fetchone()
         assert found and found["seq"], "no checkpoint covers the entry yet"
-        signed = int(found["seq"])
         conn.execute("SET session_replication_role = replica")
         rows = conn.execute("SELECT * FROM audit WHERE seq >= %s ORDER BY seq", (a - 1,)).fetchall()
         prev = bytes(rows[0]["hash"])
@@ -272,13 +279,18 @@ def test_a_rewritten_and_rehashed_chain_is_caught_by_the_signed_checkpoint(
             )
             prev = digest
 
-    done = verify(export(scene, tmp_path / "audit.jsonl"))
-    assert done.returncode == 1, done.stdout
-    first = done.stdout.splitlines()[0]
-    assert first.startswith(f"NG at entry {signed}: "), done.stdout
-    assert "signed checkpoint" in first
-    # The range it names holds the rewritten entry.
-    span = re.search(r"entries (\d+)–(\d+) were rewritten|entry (\d+) was rewritten", first)
-    assert span, first
-    low, high, one = span.groups()
-    assert (int(low) <= a <= int(high)) if one is None else int(one) == a
+    # The vault refuses the clerk: the chain no longer reaches its signed head.
+    r = scene.users["MU"].get("/subjects")
+    assert r.status == 503 and r.error_code == "audit_integrity", r.body[:300]
+    bundle = export(scene, tmp_path / "audit.jsonl")
+    done = verify(bundle)
+    assert done.returncode == 0, done.stdout
+    incident = re.search(
+        r"recorded incident \(entry \d+, acknowledged by .*\): entries (\d+)–(\d+): "
+        r"checkpoint mismatch", done.stdout)
+    assert incident, done.stdout
+    assert int(incident.group(1)) <= a <= int(incident.group(2))
+
+    after = verify(bundle, "--after", str(before))
+    assert after.returncode == 3, after.stdout
+    assert re.search(rf"  - entries {a}–\d+: rewritten", after.stdout), after.stdout

@@ -4,7 +4,7 @@ kura check-number [--corporate]     numbers from standard input, one per line
 kura db migrate                     apply schema migrations
 kura vault init --seal MODE         make the root key and seal it
 kura audit export -o FILE           download a verifiable audit bundle
-kura audit verify FILE              check a bundle offline, on any machine
+kura audit verify FILE [--after OLD]  check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
 kura boot-report                    one status line for the console (appliance)
 """
@@ -156,6 +156,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0: intact (faults the chain itself records as acknowledged
+    incidents are listed, not counted); 1: unrecorded faults, every one
+    listed; 3: with --after, NEW does not extend OLD (each fault named)."""
     from kura.core import audit
 
     trusted = bytes.fromhex(args.public_key) if args.public_key else None
@@ -164,11 +167,57 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"OK: {report.entries} entries, {report.checkpoints} signed checkpoints")
         for fp in report.public_key_fingerprints:
             print(f"signing key: {fp}")
-        return 0
-    where = f" at entry {report.first_bad_seq}" if report.first_bad_seq is not None else ""
-    print(f"NG{where}: {report.problem_en}")
-    print(f"    {report.problem_ja}")
-    return 1
+        code = 0
+    else:
+        where = f" at entry {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+        print(f"NG{where}: {report.problem_en}")
+        print(f"    {report.problem_ja}")
+        if report.faults:
+            print(f"faults: {len(report.faults)}")
+            for fault in report.faults:
+                print(f"  - {fault.en}")
+                print(f"    {fault.ja}")
+        code = 1
+    for fault, incident in report.recorded:
+        who = ", ".join(incident.acknowledged_by) or "not yet acknowledged / 未確認"
+        print(f"recorded incident (entry {incident.seq}, acknowledged by {who}): {fault.en}")
+        print(f"    記録済みの障害（記録 {incident.seq}）: {fault.ja}")
+    if args.after:
+        extends = _verify_after(Path(args.after), report, trusted)
+        return 3 if not extends else code
+    return code
+
+
+def _verify_after(old_path: Path, new: object, trusted: bytes | None) -> bool:
+    """Print whether NEW (its report) extends the export OLD; True if it does."""
+    from kura.core import audit
+    from kura.core.errors import AuditBundleMalformed
+
+    assert isinstance(new, audit.VerifyReport)
+    old_report = audit.verify_bundle(old_path, trusted)
+    try:
+        old = audit.read_bundle(old_path)
+    except AuditBundleMalformed as exc:
+        print(f"NG: --after {old_path}: {exc.message_en}\n    {exc.message_ja}")
+        return False
+    if new.hashes is None:
+        print(f"NG: cannot compare with {old_path}: the new bundle could not be read")
+        return False
+    faults = audit.extension_faults(old.entries, old.final, new.hashes, new.altered)
+    signers = {cp.public_key for cp in [*old.checkpoints, old.final]}
+    if not audit.checkpoint_valid(old.final) or (trusted is not None and signers != {trusted}):
+        faults.insert(0, audit.Fault("bad_signature", old.final.seq, old.final.seq))
+    if faults:
+        print(f"NG: does not extend {old_path} (its export checkpoint at entry "
+              f"{old.final.seq}): {len(faults)} fault(s)")
+        for fault in faults:
+            print(f"  - {fault.en}")
+            print(f"    {fault.ja}")
+        return False
+    note = "" if old_report.ok else " (the older export itself has faults)"
+    print(f"extends {old_path}: its {len(old.entries)} entries are unchanged and its "
+          f"export checkpoint at entry {old.final.seq} matches{note}")
+    return True
 
 
 def cmd_boot_report(args: argparse.Namespace) -> int:
@@ -266,9 +315,24 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--totp", help="the SA's current TOTP code, if required (or $KURA_TOTP)")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(func=cmd_audit_export)
-    v = audit.add_parser("verify", help="verify a bundle offline; names the first bad entry")
+    v = audit.add_parser(
+        "verify",
+        help="verify a bundle offline; lists every fault",
+        description="Verify an export bundle offline: every entry, every signed "
+        "checkpoint and the export checkpoint. Lists every fault; faults the chain "
+        "itself records (audit.integrity_fault entries under a signed checkpoint) "
+        "are shown as recorded incidents with who acknowledged them. Exit 0: "
+        "intact; 1: unrecorded faults; 3: with --after, the bundle does not "
+        "extend the older export.",
+    )
     v.add_argument("bundle")
     v.add_argument("--public-key", help="trust only this signing key (hex)")
+    v.add_argument(
+        "--after",
+        metavar="OLD",
+        help="an older export: prove this bundle extends it (every entry of OLD "
+        "unchanged at the same seq, its export checkpoint matched)",
+    )
     v.set_defaults(func=cmd_audit_verify)
 
     b = sub.add_parser("boot-report", help="one status line for the console (on the appliance)")

@@ -102,6 +102,8 @@ def wipe_keys(system: System) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             entry.unlink()
+    # The signed head of the old audit chain goes with the keys that signed it.
+    (keys_dir / "audit" / "head.json").unlink(missing_ok=True)
     system.remove(SEAL_DROPIN)
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 SA, DA = frozenset({"SA"}), frozenset({"DA"})
 SA_MA = frozenset({"SA", "MA"})
+SA_DA = frozenset({"SA", "DA"})
 
 
 def access_report(world: World, role: str | None) -> Case:
@@ -48,6 +49,14 @@ def verify(world: World, role: str | None) -> Case:
     return world.case(world.client(role), "POST", "/audit/verify", followup=intact)
 
 
+def acknowledge(world: World, role: str | None) -> Case:
+    def nothing_to_acknowledge(r: Response) -> None:
+        assert r.json["resumed"] is False and r.json["audit_integrity"] == {"state": "ok"}
+
+    return world.case(world.client(role), "POST", "/audit/acknowledge",
+                      followup=nothing_to_acknowledge)
+
+
 def appliance(world: World, role: str | None) -> Case:
     def sane(r: Response) -> None:
         assert r.json["sealed"] is False and r.json["database_size"] > 0
@@ -60,11 +69,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/reports/access"): SA,
     ("GET", "/reports/ledger"): SA_MA,
     ("POST", "/audit/verify"): SA,
+    ("POST", "/audit/acknowledge"): SA_DA,
     ("GET", "/appliance"): DA,
 }
 BUILDERS: dict[tuple[str, str], Callable[[World, str | None], Any]] = {
     ("GET", "/reports/access"): access_report,
     ("GET", "/reports/ledger"): ledger,
     ("POST", "/audit/verify"): verify,
+    ("POST", "/audit/acknowledge"): acknowledge,
     ("GET", "/appliance"): appliance,
 }

@@ -431,6 +431,13 @@ ROUTES: tuple[Route, ...] = (
         tag="audit",
     ),
     Route(
+        "POST",
+        "/audit/acknowledge",
+        "audit.acknowledge",
+        "Acknowledge an audit-integrity incident; work resumes once an SA and a DA have",
+        tag="audit",
+    ),
+    Route(
         "GET",
         "/appliance",
         "appliance.status",

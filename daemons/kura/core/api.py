@@ -81,6 +81,7 @@ ARGS: dict[str, Schema] = {
         },
     ),
     "audit.export": EMPTY,
+    "audit.acknowledge": EMPTY,
     "user.create": obj({"username": USERNAME, "role": ROLE}, {"display_name": text(100)}),
     "user.list": EMPTY,
     "user.update": obj(

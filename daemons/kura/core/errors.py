@@ -157,6 +157,25 @@ class VaultSealed(KuraError):
     en = "The vault is sealed; custodians must unseal it."
 
 
+class AuditIntegrity(KuraError):
+    """The audit chain in the database no longer extends the head the vault
+    trusts, or a sweep found it altered: the vault records the incident and
+    stops until a security admin and an appliance admin acknowledge it."""
+
+    code = "audit_integrity"
+    status = 503
+    ja = (
+        "監査ログの完全性に問題が見つかったため、保管庫は停止しています"
+        "（監査ログの完全性エラー状態）。セキュリティ管理者とアプライアンス管理者の"
+        "確認が必要です。"
+    )
+    en = (
+        "The vault has stopped: the audit log failed its integrity check "
+        "(audit integrity state). A security admin and an appliance admin must "
+        "acknowledge the incident."
+    )
+
+
 class UnsealFailed(KuraError):
     """A share or sealed key could not be used to unseal."""
 

@@ -105,6 +105,8 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "report.access": frozenset({_SA}),
     "report.ledger": frozenset({_SA, _MA}),
     "audit.verify": frozenset({_SA}),
+    # an audit-integrity incident: an SA and a DA must both acknowledge it
+    "audit.acknowledge": frozenset({_SA, _DA}),
 }
 
 OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)

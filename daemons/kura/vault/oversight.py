@@ -1,4 +1,4 @@
-"""The audit log (search, checkpoints, export bundles) and the keyring
+"""The audit log (search, export bundles) and the keyring
 (rotation, re-wrapping data keys)."""
 
 from __future__ import annotations
@@ -26,35 +26,6 @@ class OversightOperations(VaultBase):
             await record(tx, caller, "audit.list", detail={"count": len(rows)})
         return {"entries": [jsonable(r) for r in rows]}
 
-    async def checkpoint(self, force: bool = False) -> audit.Checkpoint | None:
-        """Sign the head of the chain when it has moved and either enough entries
-        (``checkpoint_entries``) or enough time (``checkpoint_seconds``) passed
-        since the last checkpoint, or when ``force`` is set (at shutdown)."""
-        keys = self.keys
-        if keys is None:
-            return None
-        now = self.clock()
-        async with self.store.transaction() as tx:
-            head = await tx.audit_head()
-            last = await tx.last_checkpoint()
-            if head is None:
-                return None
-            seq = int(head["seq"])
-            last_seq = int(last["seq"]) if last else 0
-            if seq <= last_seq:
-                return None
-            due = (
-                force
-                or last is None
-                or seq - last_seq >= self.config.vault.checkpoint_entries
-                or (now - last["at"]).total_seconds() >= self.config.vault.checkpoint_seconds
-            )
-            if not due:
-                return None
-            cp = audit.sign_checkpoint(keys.audit_signing_key, seq, bytes(head["hash"]), now)
-            await tx.insert_checkpoint(cp)
-        return cp
-
     @operation("audit.export")
     async def audit_export(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         keys = self._keys()
@@ -67,9 +38,13 @@ class OversightOperations(VaultBase):
             keys.audit_signing_key, entry.seq, entry.hash, self.clock(), final=True
         )
         bundle = audit.bundle_bytes(entries, checkpoints, final, self.config.appliance)
+        digest = hashlib.sha256(bundle).hexdigest()
+        # Kept, so that the next export can be shown to extend this one.
+        async with self.store.transaction() as tx:
+            await tx.insert_export(final, digest, caller.actor)
         return {
             "bundle": base64.b64encode(bundle).decode(),
-            "sha256": hashlib.sha256(bundle).hexdigest(),
+            "sha256": digest,
             "entries": len(entries),
         }
 

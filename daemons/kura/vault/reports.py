@@ -19,13 +19,13 @@ from kura.core.disposal import RetentionRule
 from kura.core.errors import BadRequest
 from kura.vault.base import (
     Caller,
-    VaultBase,
     jsonable,
     operation,
     parse_time,
     record,
     safe_actor_name,
 )
+from kura.vault.integrity import IntegrityOperations
 
 
 def _space(name: str, path: Path | str | None) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _space(name: str, path: Path | str | None) -> dict[str, Any]:
     return found
 
 
-class ReportOperations(VaultBase):
+class ReportOperations(IntegrityOperations):
     def _period(self, args: dict[str, Any]) -> tuple[Any, Any]:
         return reports.resolve_period(
             parse_time(args.get("since"), "since"),
@@ -177,6 +177,15 @@ class ReportOperations(VaultBase):
                 "problem": result.problem,
                 "problem_ja": result.problem_ja,
                 "problem_en": result.problem_en,
+                "faults": [_fault_json(f) for f in result.faults],
+                "recorded": [
+                    {
+                        **_fault_json(f),
+                        "incident": i.seq,
+                        "acknowledged_by": list(i.acknowledged_by),
+                    }
+                    for f, i in result.recorded
+                ],
             }
         else:
             outcome = {
@@ -188,6 +197,8 @@ class ReportOperations(VaultBase):
                 "problem": "ok",
                 "problem_ja": "",
                 "problem_en": "",
+                "faults": [],
+                "recorded": [],
             }
         outcome["last_checkpoint_at"] = checkpoints[-1].at.isoformat() if checkpoints else None
         outcome["public_key_fingerprint"] = audit.public_key_fingerprint(public_key)
@@ -203,6 +214,9 @@ class ReportOperations(VaultBase):
                     "problem": outcome["problem"],
                 },
             )
+        if outcome["faults"]:
+            # A fault the SA found is one the vault must act on at once.
+            await self.sweep()
         return outcome
 
     @operation("appliance.status")
@@ -247,3 +261,7 @@ class ReportOperations(VaultBase):
             ),
             "time": now.isoformat(),
         }
+
+
+def _fault_json(f: audit.Fault) -> dict[str, Any]:
+    return {**f.to_json(), "ja": f.ja, "en": f.en}

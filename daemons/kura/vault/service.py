@@ -11,6 +11,11 @@ call is checked in this order, and refused at the first step that fails:
    is itself written to the audit log;
 5. for reveal and export, the declared purpose is one the subject allows.
 
+In the audit-integrity state (kura.vault.integrity) only ``status``, signing
+in and out and the SELF operations of an SA or a DA, the SA's look at the
+log (list, verify, export) and ``audit.acknowledge`` work; everything else
+gets ``AuditIntegrity``.
+
 Every operation that touches a number, an account or a policy writes its
 audit entry in the same database transaction as the change it records.
 """
@@ -51,16 +56,21 @@ from kura.vault.base import (
 )
 from kura.vault.disposals import DisposalOperations
 from kura.vault.exports import ExportOperations
+from kura.vault.integrity import IntegrityOperations
 from kura.vault.oversight import OversightOperations
 from kura.vault.policy import PolicyOperations
 from kura.vault.reports import ReportOperations
 from kura.vault.requests import RequestOperations
-from kura.vault.store import Store
+from kura.vault.store import ChainDiverged, Store
 from kura.vault.subjects import SubjectOperations
 
 log = logging.getLogger("kura.vault")
 
 SESSION_TOUCH_SECONDS = 30.0  # last_seen is written to the database at most this often
+
+# What still works in the audit-integrity state, besides status and signing in.
+_SA_IN_FAULT = frozenset({"audit.list", "audit.verify", "audit.export", "audit.acknowledge"})
+_DA_IN_FAULT = frozenset({"audit.acknowledge"})
 
 
 class Vault(
@@ -71,7 +81,11 @@ class Vault(
     ExportOperations,
     DisposalOperations,
     ReportOperations,
+<<<<<<< HEAD
     PolicyOperations,
+=======
+    IntegrityOperations,
+>>>>>>> wt-audit
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)
@@ -98,6 +112,21 @@ class Vault(
             log.info("vault is sealed: waiting for %d custodian shares", self.seal.threshold)
 
     async def _open(self, root_key: bytes, how: str) -> None:
+        async with self.store.transaction() as tx:
+            ring = await tx.keyring()
+        if ring:
+            # Before the first entry is chained: does the database still hold
+            # the chain the vault signed, up to the head file's head?
+            try:
+                known = KeyHierarchy.unlock(root_key, ring, max(ring))
+            except KuraError as exc:
+                raise UnsealFailed(
+                    "the root key does not open this appliance's keyring",
+                    "ルート鍵がこのアプライアンスの鍵束と一致しません。",
+                ) from exc
+            await self.verify_at_start(known)
+        else:
+            self.store.head_check = self.config.vault.audit_head_check
         async with self.store.transaction() as tx:
             ring = await tx.keyring()
             if not ring:
@@ -134,6 +163,7 @@ class Vault(
             "seal_mode": self.seal.mode if self.seal else None,
             "version": __version__,
             "appliance": self.config.appliance,
+            "audit_integrity": self.integrity_status(),
         }
         if self.seal and self.seal.mode == "shamir":
             result["shares_needed"] = self.seal.threshold
@@ -188,6 +218,20 @@ class Vault(
     async def call(
         self, op: str, args: Any, token: str | None, client: str, peer_uid: int
     ) -> dict[str, Any]:
+        try:
+            return await self._call(op, args, token, client, peer_uid)
+        except ChainDiverged as exc:
+            # The database no longer extends the trusted head: record it and
+            # stop; then the call is judged again as the integrity state allows.
+            await self.diverged(exc)
+        try:
+            return await self._call(op, args, token, client, peer_uid)
+        except ChainDiverged:
+            raise self.refuse_in_fault() from None
+
+    async def _call(
+        self, op: str, args: Any, token: str | None, client: str, peer_uid: int
+    ) -> dict[str, Any]:
         handler = self.handlers.get(op)
         if handler is None:
             raise BadRequest(f"unknown operation {op!r}", f"不明な操作です: {op}")
@@ -215,6 +259,8 @@ class Vault(
                 "this terminal's network is not allowed by the security policy",
                 "この端末のネットワークからの利用はセキュリティポリシーで許可されていません。",
             )
+        if self.integrity is not None and op != "status":
+            return await self._call_in_fault(op, handler, caller, valid, token)
         if op in PUBLIC:
             return await handler(caller, valid)
         if op == "bootstrap_da":
@@ -230,6 +276,34 @@ class Vault(
                 await record(tx, caller, op, outcome="denied", detail={"reason": "role"})
             raise PermissionDenied()
         return await handler(caller, valid)
+
+    async def _call_in_fault(
+        self, op: str, handler: Handler, caller: Caller, valid: dict[str, Any], token: str | None
+    ) -> dict[str, Any]:
+        """The audit-integrity state: only an SA or a DA, only what looks at
+        the log or acknowledges the incident."""
+        admins = (Role.SA, Role.DA)
+        if op == "login":
+            result = await handler(caller, valid)
+            if result.get("role") not in admins:
+                self.sessions.pop(accounts.token_digest(str(result["token"])), None)
+                async with self.store.transaction() as tx:
+                    await tx.delete_session(accounts.token_digest(str(result["token"])))
+                raise self.refuse_in_fault()
+            return result
+        if op in PUBLIC or op == "bootstrap_da":
+            raise self.refuse_in_fault()
+        session = await self._session(token, caller)
+        caller = replace(caller, session=session)
+        allowed = _SA_IN_FAULT if session.role == Role.SA else _DA_IN_FAULT
+        if session.role not in admins or (op not in SELF and op not in allowed):
+            raise self.refuse_in_fault()
+        if session.restriction and op not in SELF:
+            raise ActionRequired(required=session.restriction)
+        result = await handler(caller, valid)
+        if op == "whoami":  # the console shows its banner on every page
+            result = {**result, "audit_integrity": "fault"}
+        return result
 
     def _client_allowed(self, client: str) -> bool:
         # "local" is a peer on the vault's own socket, already checked by uid.

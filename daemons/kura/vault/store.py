@@ -9,7 +9,14 @@ with the next sequence number. The lock is released at commit, so the
 critical section is the insert and the commit, nothing else. Lock and head go
 in one round trip (two statements in one simple query: the second takes its
 snapshot after the first holds the lock), because every round trip inside the
-critical section waits its turn in a busy event loop."""
+critical section waits its turn in a busy event loop.
+
+The same round trip checks that the chain still extends the head the vault
+trusts (``Store.trusted``: the last entry this process committed, or the
+signed head file read at start): the row at the trusted seq must still hold
+the trusted hash. An intruder who deleted or replaced the newest rows makes
+``append_audit`` raise ``ChainDiverged`` before anything is chained onto the
+shortened log; the vault then goes into its audit-integrity state."""
 
 from __future__ import annotations
 
@@ -68,6 +75,26 @@ POLICY_LOCK = 0x6B757270  # "kurp": changes to the security policy
 Row = dict[str, Any]
 
 
+def _lock_head_and_trusted(trusted_seq: int) -> bytes:
+    # A literal int (no parameters in a two-statement simple query).
+    return (
+        f"SELECT pg_advisory_xact_lock({AUDIT_LOCK});"
+        " SELECT seq, hash, (SELECT hash FROM audit WHERE seq ="
+        f" {int(trusted_seq)}) AS trusted_hash FROM audit ORDER BY seq DESC LIMIT 1"
+    ).encode()
+
+
+class ChainDiverged(Exception):
+    """The database's chain no longer extends the trusted head."""
+
+    def __init__(self, trusted: audit.ChainHead, head: audit.ChainHead | None,
+                 at_trusted: bytes | None) -> None:
+        super().__init__(f"the audit chain no longer extends entry {trusted.seq}")
+        self.trusted = trusted
+        self.head = head
+        self.at_trusted = at_trusted
+
+
 class Store:
     def __init__(self, dsn: str, min_size: int = 2, max_size: int = 16) -> None:
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
@@ -82,6 +109,16 @@ class Store:
             # a 503 (see _check_connection: no round trip when nothing is amiss).
             check=_check_connection,
         )
+        # The head the vault trusts; None until the vault has verified the chain
+        # (or with [vault] audit_head_check off).
+        self.trusted: audit.ChainHead | None = None
+        self.head_check = True
+
+    def advance(self, entry: audit.ChainHead) -> None:
+        """After a commit: the entry just committed is the trusted head (commits
+        of different tasks may finish in any order: keep the highest)."""
+        if self.head_check and (self.trusted is None or entry.seq > self.trusted.seq):
+            self.trusted = entry
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
@@ -92,8 +129,12 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield Tx(conn)
+            async with self.pool.connection() as conn:
+                async with conn.transaction():
+                    tx = Tx(conn, self)
+                    yield tx
+                if tx.appended is not None:
+                    self.advance(tx.appended)
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
             raise Unavailable(
                 "the database is unavailable", "データベースに接続できません。"
@@ -114,8 +155,10 @@ async def _check_connection(conn: psycopg.AsyncConnection[Row]) -> None:
 class Tx:
     """Queries inside one transaction."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Row], store: Store | None = None) -> None:
         self.conn = conn
+        self.store = store
+        self.appended: audit.ChainHead | None = None  # the last entry this transaction added
 
     async def one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
         cur = await self.conn.execute(sql.encode(), params)
@@ -142,12 +185,24 @@ class Tx:
         purpose: str = "",
         client: str = "",
         detail: Mapping[str, Any] | None = None,
+        after: audit.ChainHead | None = None,
     ) -> audit.AuditEntry:
-        cur = await self.conn.execute(_LOCK_AND_HEAD)
+        """Append the next entry. ``after`` chains it from that head instead of
+        the database's (only the integrity-fault entry does, from the trusted
+        head, so the entries an intruder removed stay a visible gap)."""
+        trusted = self.store.trusted if self.store is not None and after is None else None
+        query = _LOCK_AND_HEAD if trusted is None else _lock_head_and_trusted(trusted.seq)
+        cur = await self.conn.execute(query)
         if not cur.nextset():  # the second statement's result: the head
             raise RuntimeError("the audit head query returned no result")
         head = await cur.fetchone()
         prev = audit.ChainHead(int(head["seq"]), bytes(head["hash"])) if head else None
+        if trusted is not None and trusted.seq > 0:
+            at_trusted = bytes(head["trusted_hash"]) if head and head["trusted_hash"] else None
+            if prev is None or prev.seq < trusted.seq or at_trusted != trusted.hash:
+                raise ChainDiverged(trusted, prev, at_trusted)
+        if after is not None:
+            prev = after
         # make_entry refuses anything that looks like a My Number.
         entry = audit.make_entry(
             prev,
@@ -179,7 +234,27 @@ class Tx:
                 entry.hash,
             ),
         )
+        self.appended = audit.ChainHead(entry.seq, entry.hash)
         return entry
+
+    async def audit_head_and(self, seq: int) -> tuple[Row | None, bytes | None]:
+        """The head, and the hash of entry ``seq`` (None if there is none)."""
+        head = await self.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        row = await self.one("SELECT hash FROM audit WHERE seq = %s", (seq,))
+        return head, bytes(row["hash"]) if row else None
+
+    async def insert_export(self, cp: audit.Checkpoint, sha256: str, actor: str) -> None:
+        await self.run(
+            "INSERT INTO audit_exports (seq, hash, at, signature, public_key, sha256, actor)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            (cp.seq, cp.hash, cp.at, cp.signature, cp.public_key, sha256, actor),
+        )
+
+    async def audit_exports(self, limit: int = 20) -> list[Row]:
+        return await self.all(
+            "SELECT seq, hash, at, sha256, actor FROM audit_exports ORDER BY id DESC LIMIT %s",
+            (limit,),
+        )
 
     async def audit_head(self) -> Row | None:
         return await self.one("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")

@@ -76,6 +76,8 @@ async def handle(request: web.Request, exc: BaseException) -> web.StreamResponse
         return web.HTTPSeeOther("/account/totp" if required == "mfa" else "/account/password")
     if code == "sealed":
         return web.HTTPSeeOther("/sealed")
+    if code == "audit_integrity" and request.path != "/audit-integrity":
+        return web.HTTPSeeOther("/audit-integrity")
     if isinstance(exc, KuraError):
         return error_page(request, exc)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):

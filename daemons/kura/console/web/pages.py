@@ -108,9 +108,15 @@ async def visitor(request: web.Request) -> Visitor | None:
     found = None
     if session_token(request):
         try:
-            found = Visitor.from_whoami(await call(request, "whoami"))
+            me = await call(request, "whoami")
+            found = Visitor.from_whoami(me)
+            # The vault's audit-integrity state: a banner on every page (SA, DA).
+            request["kura.audit_integrity"] = me.get("audit_integrity") == "fault"
         except VaultError as exc:
-            if exc.vault_code != "not_authenticated":
+            # In the audit-integrity state the vault refuses a clerk even this:
+            # no visitor, and their pages lead to the "stopped" page.
+            request["kura.stopped"] = exc.vault_code == "audit_integrity"
+            if exc.vault_code not in ("not_authenticated", "audit_integrity"):
                 raise
             request["kura.session_expired"] = exc.detail.get("why") is not None
     request["kura.visitor"] = found
@@ -159,6 +165,7 @@ def render_page(
         "path": request.path,
         "flash": unquote(flash) if flash else None,
         "error": None,
+        "audit_integrity_fault": request.get("kura.audit_integrity", False),
         **context,
     }
     response.text = render(state.envs[lang], template, values)
@@ -222,6 +229,8 @@ def page(*roles: Role, anonymous: bool = False, restricted_ok: bool = False) -> 
             if anonymous:
                 return await handler(request)
             if who is None:
+                if request.get("kura.stopped"):
+                    raise web.HTTPSeeOther("/audit-integrity")
                 raise NotAuthenticated()
             if who.restriction and not restricted_ok:
                 target = "/account/password" if who.restriction == "password" else "/account/totp"

@@ -10,6 +10,10 @@ What it offers
   ``checkpoint_valid``, ``raw_public_key`` and ``public_key_fingerprint``.
 - ``verification``: ``verify_chain`` walks entries and checkpoints and
   returns a ``VerifyReport``.
+- ``integrity``: ``Fault``, ``chain_faults`` (every fault, not only the
+  first), ``recorded_incidents`` and ``split_recorded`` (faults the chain
+  itself records), ``extension_faults`` (a newer export extends an older
+  one), and the signed ``TrustedHead`` the vault keeps outside the database.
 - ``bundle``: ``bundle_lines``, ``bundle_bytes`` and ``write_bundle`` write an
   export bundle; ``read_bundle`` parses one; ``verify_bundle`` verifies one
   offline.
@@ -79,14 +83,35 @@ from kura.core.audit.entries import (
     parse_time,
     refuse_numbers,
 )
+from kura.core.audit.integrity import (
+    ACKNOWLEDGED_ACTION,
+    FAULT_ACTION,
+    HEAD_DOMAIN,
+    Fault,
+    FaultScan,
+    Incident,
+    TrustedHead,
+    chain_faults,
+    covered_seq,
+    extension_faults,
+    head_bytes,
+    head_valid,
+    parse_head,
+    recorded_incidents,
+    sign_head,
+    split_recorded,
+)
 from kura.core.audit.verification import VerifyReport, verify_chain
 
 __all__ = [
+    "ACKNOWLEDGED_ACTION",
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "CHECKPOINT_DOMAIN",
+    "FAULT_ACTION",
     "GENESIS",
     "GENESIS_HEAD",
+    "HEAD_DOMAIN",
     "MAX_LINE_BYTES",
     "OUTCOMES",
     "ROLES",
@@ -94,24 +119,37 @@ __all__ = [
     "Bundle",
     "ChainHead",
     "Checkpoint",
+    "Fault",
+    "FaultScan",
+    "Incident",
+    "TrustedHead",
     "VerifyReport",
     "bundle_bytes",
     "bundle_lines",
     "canonical",
     "canonical_json",
+    "chain_faults",
     "chain_hash",
     "checkpoint_message",
     "checkpoint_valid",
+    "covered_seq",
+    "extension_faults",
     "format_time",
+    "head_bytes",
+    "head_valid",
     "looks_like_my_number",
     "make_entry",
+    "parse_head",
     "parse_time",
     "public_key_fingerprint",
     "raw_public_key",
     "read_bundle",
+    "recorded_incidents",
     "refuse_numbers",
     "sign_checkpoint",
     "sign_export",
+    "sign_head",
+    "split_recorded",
     "verify_bundle",
     "verify_chain",
     "write_bundle",

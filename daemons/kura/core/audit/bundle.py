@@ -427,7 +427,7 @@ def verify_bundle(source: Path | bytes, trusted_public_key: bytes | None = None)
     try:
         with _open(source) as stream:
             for entry in _records(stream, parsed):
-                verifier.walk.feed(entry)
+                verifier.feed(entry)
     except _Malformed as e:
         return _report(
             e.problem,
@@ -475,4 +475,7 @@ def verify_bundle(source: Path | bytes, trusted_public_key: bytes | None = None)
         last_seq=verifier.walk.last_good,
         exported_at=parsed.final.at,
         bundle_sha256=parsed.sha256,
+        faults=verifier.all_faults(parsed.final),
+        hashes=verifier.scan.hashes,
+        altered=verifier.scan.altered,
     )

@@ -15,6 +15,13 @@ from datetime import datetime
 
 from kura.core.audit.checkpoints import Checkpoint, checkpoint_valid, public_key_fingerprint
 from kura.core.audit.entries import GENESIS, AuditEntry, format_time
+from kura.core.audit.integrity import (
+    Fault,
+    FaultScan,
+    Incident,
+    covered_seq,
+    split_recorded,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class VerifyReport:
     last_seq: int | None = None
     exported_at: datetime | None = None
     bundle_sha256: str | None = None
+    faults: tuple[Fault, ...] = ()
+    recorded: tuple[tuple[Fault, Incident], ...] = ()
+    hashes: dict[int, bytes] | None = None  # each entry's hash by seq, for --after
+    altered: frozenset[int] = frozenset()  # seqs whose content does not match their hash
 
     @property
     def summary_ja(self) -> str:
@@ -234,7 +245,20 @@ class _Verifier:
     def __init__(self, trusted_public_key: bytes | None) -> None:
         self.trusted = trusted_public_key
         self.walk = _ChainWalk()
+        self.scan = FaultScan()
         self.checkpoints: list[Checkpoint] = []
+
+    def feed(self, entry: AuditEntry) -> None:
+        self.walk.feed(entry)
+        self.scan.feed(entry)
+
+    def all_faults(
+        self, final: Checkpoint
+    ) -> tuple[list[Fault], list[tuple[Fault, Incident]]]:
+        """Every fault, split into those no incident records and those one does."""
+        faults = self.scan.faults(self.checkpoints, trusted_public_key=self.trusted, final=final)
+        covered = covered_seq([*self.checkpoints, final], self.scan.hashes, self.trusted)
+        return split_recorded(faults, self.scan.incidents(covered))
 
     def finish(self, final: Checkpoint) -> tuple[_Problem | None, list[str]]:
         walk = self.walk
@@ -284,7 +308,22 @@ def _report(
     last_seq: int | None = None,
     exported_at: datetime | None = None,
     bundle_sha256: str | None = None,
+    faults: tuple[list[Fault], list[tuple[Fault, Incident]]] | None = None,
+    hashes: dict[int, bytes] | None = None,
+    altered: frozenset[int] = frozenset(),
 ) -> VerifyReport:
+    new, old = faults if faults is not None else ([], [])
+    if new and (problem is None or problem.code == "ok"):
+        f = new[0]
+        problem = _Problem(f.kind, f.ja, f.en, seq=f.first)
+    elif (
+        problem is not None
+        and not new
+        and problem.line is None
+        and problem.seq is not None
+        and any(f.first <= problem.seq <= max(f.last, f.found_at or 0) for f, _ in old)
+    ):
+        problem = None  # every fault is a recorded incident
     if problem is None:
         return VerifyReport(
             ok=True,
@@ -297,6 +336,9 @@ def _report(
             last_seq=last_seq,
             exported_at=exported_at,
             bundle_sha256=bundle_sha256,
+            recorded=tuple(old),
+            hashes=hashes,
+            altered=altered,
         )
     return VerifyReport(
         ok=False,
@@ -311,6 +353,10 @@ def _report(
         last_seq=last_seq,
         exported_at=exported_at,
         bundle_sha256=bundle_sha256,
+        faults=tuple(new),
+        recorded=tuple(old),
+        hashes=hashes,
+        altered=altered,
     )
 
 
@@ -344,7 +390,7 @@ def verify_chain(
         return bad
     verifier = _Verifier(trusted_public_key)
     for entry in entries:
-        verifier.walk.feed(entry)
+        verifier.feed(entry)
     verifier.checkpoints = list(checkpoints)
     problem, fingerprints = verifier.finish(final)
     return _report(
@@ -354,4 +400,7 @@ def verify_chain(
         fingerprints=fingerprints,
         last_seq=verifier.walk.last_good,
         exported_at=final.at,
+        faults=verifier.all_faults(final),
+        hashes=verifier.scan.hashes,
+        altered=verifier.scan.altered,
     )
