@@ -81,11 +81,8 @@ class Vault(
     ExportOperations,
     DisposalOperations,
     ReportOperations,
-<<<<<<< HEAD
     PolicyOperations,
-=======
     IntegrityOperations,
->>>>>>> wt-audit
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)
