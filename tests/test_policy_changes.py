@@ -10,6 +10,7 @@ the audit log."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -255,3 +256,37 @@ def test_with_two_sas_only_the_other_sa_approves(site: Site) -> None:
         assert r.status == 200, r.body
     # One active SA again: the MA is the second person once more.
     assert site.ma.get("/policy/changes").json["active_sas"] == 1
+
+
+def _checkpointed_seq(site: Site) -> int:
+    return int(site.app.cluster.psql(
+        "kura_owner", "SELECT coalesce(max(seq), 0) FROM audit_checkpoints").strip())
+
+
+def _head_seq(site: Site) -> int:
+    return int(site.app.cluster.psql(
+        "kura_owner", "SELECT coalesce(max(seq), 0) FROM audit").strip())
+
+
+def _seconds_until_signed(site: Site, limit: float) -> float | None:
+    """Write one entry, then how long until a checkpoint covers it."""
+    assert site.sa.get("/policy").status == 200  # policy.get is audited
+    head = _head_seq(site)
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if _checkpointed_seq(site) >= head:
+            return time.monotonic() - start
+        time.sleep(0.25)
+    return None
+
+
+def test_the_vault_signs_the_chain_as_often_as_the_policy_says(site: Site) -> None:
+    """The checkpoint interval is the SA's: at 1 s the newest entries are signed
+    within a second or two; lengthened to an hour (with a second person) the
+    vault stops signing them every few seconds."""
+    set_policy(site.sa, {**site.initial, "audit_checkpoint_seconds": 1})
+    waited = _seconds_until_signed(site, 8.0)
+    assert waited is not None and waited < 4.0, waited
+    set_policy(site.sa, {**site.initial, "audit_checkpoint_seconds": 3600}, site.ma)
+    _seconds_until_signed(site, 3.0)  # the checkpoint due under the old interval
+    assert _seconds_until_signed(site, 8.0) is None, "signed although the policy says hourly"

@@ -52,9 +52,9 @@ class VaultConfig:
     keys_dir: Path
     allowed_uids: frozenset[int] = frozenset({0})
     admin_uids: frozenset[int] = frozenset({0})
-    # A few seconds: the entries written since the last signed checkpoint are
-    # the ones an intruder with the database could drop unseen by an export.
-    checkpoint_seconds: float = 5.0
+    # The SA's policy (audit_checkpoint_seconds, default 5) sets how often the
+    # chain's head is signed; a value here overrides it (tests, benchmarks).
+    checkpoint_seconds: float | None = None
     checkpoint_entries: int = 1000
     integrity_sweep_seconds: float = 60.0  # full re-verification of the chain
     # Check before every append that the database still extends the trusted
@@ -114,7 +114,9 @@ def parse(
                 keys_dir=Path(vault["keys_dir"]),
                 allowed_uids=frozenset(int(u) for u in vault.get("allowed_uids", [0])),
                 admin_uids=frozenset(int(u) for u in vault.get("admin_uids", [0])),
-                checkpoint_seconds=float(vault.get("checkpoint_seconds", 5)),
+                checkpoint_seconds=(
+                    float(vault["checkpoint_seconds"]) if "checkpoint_seconds" in vault else None
+                ),
                 checkpoint_entries=int(vault.get("checkpoint_entries", 1000)),
                 integrity_sweep_seconds=float(vault.get("integrity_sweep_seconds", 60)),
                 audit_head_check=bool(vault.get("audit_head_check", True)),

@@ -201,9 +201,16 @@ class IntegrityOperations(VaultBase):
         except ChainDiverged as exc:
             await self.diverged(exc)
 
+    def checkpoint_interval(self) -> float:
+        """Seconds between signed checkpoints: the SA's policy decides (a longer
+        interval is a weakening, so it took two people); the configuration may
+        override it for tests and benchmarks."""
+        configured = self.config.vault.checkpoint_seconds
+        return configured if configured is not None else float(self.policy.audit_checkpoint_seconds)
+
     async def checkpoint(self, force: bool = False) -> audit.Checkpoint | None:
         """Sign the head of the chain when it has moved and either enough entries
-        (``checkpoint_entries``) or enough time (``checkpoint_seconds``) passed
+        (``checkpoint_entries``) or enough time (``checkpoint_interval()``) passed
         since the last checkpoint, or when ``force`` is set (at shutdown); then
         rewrite the head file. Never signs a chain that no longer extends the
         trusted head (raises ``ChainDiverged``)."""
@@ -231,7 +238,7 @@ class IntegrityOperations(VaultBase):
                 force
                 or last is None
                 or seq - last_seq >= self.config.vault.checkpoint_entries
-                or (now - last["at"]).total_seconds() >= self.config.vault.checkpoint_seconds
+                or (now - last["at"]).total_seconds() >= self.checkpoint_interval()
             ):
                 cp = audit.sign_checkpoint(keys.audit_signing_key, seq, bytes(head["hash"]), now)
                 await tx.insert_checkpoint(cp)

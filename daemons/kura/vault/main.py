@@ -23,7 +23,7 @@ async def checkpoints(vault: Vault) -> None:
     is due, and sweep the whole chain every integrity_sweep_seconds."""
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(min(vault.config.vault.checkpoint_seconds, 1.0))
+        await asyncio.sleep(min(vault.checkpoint_interval(), 1.0))
         try:
             await vault.maintain(loop.time())
         except Exception:
