@@ -24,7 +24,7 @@ from kura.console.web import i18n
 from kura.console.web.pages import WEB, WebState
 from kura.console.web.rendering import make_environments
 
-AREAS = ("auth", "collect", "payees", "use", "disposal", "reports", "admin")
+AREAS = ("auth", "collect", "payees", "use", "disposal", "reports", "admin", "accounts")
 
 
 def find_webui(configured: Path | None) -> Path:

@@ -13,6 +13,7 @@ from aiohttp import web
 from kura.console.api import VAULT
 from kura.console.vaultclient import VaultError
 from kura.console.web import i18n, security
+from kura.console.web.accounts import home_context
 from kura.console.web.pages import (
     WEB,
     Visitor,
@@ -53,7 +54,8 @@ async def home(request: web.Request) -> web.Response:
     status = await call(request, "status")
     if status["sealed"]:
         raise VaultSealed()  # → the sealed page, or the unseal page for a DA or SA
-    return render_page(request, "home.html", vault=status)
+    account_notes = await home_context(request, await visitor(request))
+    return render_page(request, "home.html", vault=status, account_notes=account_notes)
 
 
 @routes.get("/login")
