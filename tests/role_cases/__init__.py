@@ -7,6 +7,6 @@ World and Case only under TYPE_CHECKING)."""
 
 from __future__ import annotations
 
-from tests.role_cases import disposal, exports, reports, requests
+from tests.role_cases import accounts, disposal, exports, reports, requests
 
-AREAS = (requests, exports, disposal, reports)
+AREAS = (requests, exports, disposal, reports, accounts)
