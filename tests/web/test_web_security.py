@@ -49,7 +49,7 @@ from kura.console.web import security
 from kura.console.web.menu import MENU
 from kura.core.audit import looks_like_my_number
 from kura.devserver import LocalAppliance
-from tests.support import Api, hyphenated, my_number, provision
+from tests.support import Api, hyphenated, my_number, propose_and_approve, provision
 from tests.web.conftest import session_cookie
 
 ROLES = ("MU", "MA", "SA", "DA")
@@ -98,6 +98,9 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("GET", "/sealed"): EVERYONE,
     ("GET", "/unseal"): EVERYONE,  # custodians type their shares; no account needed
     ("POST", "/unseal"): EVERYONE,
+    # the new holder's activation: the code's two halves are their only credential
+    ("GET", "/activate"): EVERYONE,
+    ("POST", "/activate"): EVERYONE,
     # the employee's one-time link: the token is their only credential
     ("GET", "/r/{token}"): EVERYONE,
     ("POST", "/r/{token}"): EVERYONE,
@@ -169,6 +172,11 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/admin/users/disable"): DA,
     ("POST", "/admin/users/enable"): DA,
     ("POST", "/admin/users/reset"): DA,
+    ("POST", "/admin/users/cancel"): DA,  # only the proposing DA cancels (issue 10)
+    # the DA's account proposals: an SA or MA approves, never the DA (issue 10)
+    ("GET", "/admin/approvals"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/approvals/approve"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/approvals/reject"): frozenset({"SA", "MA"}),
     ("GET", "/admin/status"): DA,
 }
 
@@ -691,9 +699,7 @@ def test_the_stylesheets_and_scripts_are_files(appliance: LocalAppliance) -> Non
 def test_sign_in_is_rate_limited_per_address(
     appliance: LocalAppliance, admin: Api
 ) -> None:
-    created = admin.post("/users", {"username": "websec-rate", "role": "MU"})
-    assert created.status == 200, created.body[:300]
-    password = created.json["password"]
+    password = propose_and_approve(admin, "websec-rate", "MU")
     limit = security.RateLimiter().limit
     here = client_for(appliance, None, source=fresh_address())
 
@@ -721,7 +727,7 @@ def test_sign_in_is_rate_limited_per_address(
     # Another address is not held back by this one's attempts.
     elsewhere = client_for(appliance, None, source=fresh_address())
     r = attempt(elsewhere, password)
-    assert r.status == 303 and r.location == "/account/password", r
+    assert r.status == 303 and r.location == "/account/totp", r
     assert security.SESSION_COOKIE in elsewhere.cookies
 
 
