@@ -800,7 +800,7 @@ def test_no_number_in_a_url_or_the_history(
         pytest.skip(f"the use pages are not routed yet: {sorted(needed - keys)}")
     mu = clerks["MU"]
     number, sid = registered.register(mu)
-    fresh = mu.sign_in(mu.username, mu.password)  # the browser's own session
+    fresh = mu.sign_in(mu.username, mu.password, mu.totp_secret)  # the browser's own session
     context = new_context()
     context.add_cookies([session_cookie(appliance.url, fresh.token or "")])  # type: ignore[list-item]
     seen: list[str] = []
@@ -855,8 +855,8 @@ def test_idle_session_ends_with_a_notice(
     try:
         changed = sa.put("/policy", {"policy": {"session_idle_minutes": 1}})
         assert changed.status == 200, changed.body[:300]
-        in_browser = mu.sign_in(mu.username, mu.password)
-        direct = client_for(appliance, mu.sign_in(mu.username, mu.password))
+        in_browser = mu.sign_in(mu.username, mu.password, mu.totp_secret)
+        direct = client_for(appliance, mu.sign_in(mu.username, mu.password, mu.totp_secret))
         context = new_context()
         context.add_cookies([session_cookie(appliance.url, in_browser.token or "")])  # type: ignore[list-item]
         page = context.new_page()
