@@ -303,6 +303,18 @@ def test_the_proposer_cancels_and_nobody_approves_a_cancelled_change(team: Team)
     assert user_row(team, "tp-cancelled") is None
 
 
+def test_a_proposal_nobody_decides_expires(team: Team) -> None:
+    made = propose(team, "tp-stale", "MU")
+    # Three days pass (the clock of the database owner's making).
+    stale = "UPDATE account_proposals SET expires_at = now() - interval '1 second' WHERE id = "
+    team.app.cluster.psql("kura_owner", stale + f"'{made['proposal']}'")  # a UUID the vault made
+    late = team.sa.post(f"/users/proposals/{made['proposal']}/approve")
+    assert late.status == 409 and late.json["error"]["detail"]["state"] == "expired"
+    assert user_row(team, "tp-stale") is None
+    [expired] = [e for e in audit(team, "user.proposal_expire") if e["target"] == "tp-stale"]
+    assert expired["detail"]["proposer"] == "admin"
+
+
 # --- what the others see ---------------------------------------------------------------
 
 
