@@ -3,7 +3,8 @@ DA proposes an MU and is shown only the first half of its activation code;
 an SA, seeing the proposal on the home page, approves it and is shown the
 second half; the holder joins both on /activate, sets a password of their
 own, signs in and is made to enrol a TOTP second factor before anything
-else; the SA's home page then shows the first sign-in."""
+else; the SA's home page then shows the first sign-in, and the ledger's
+取扱者 list who proposed and who approved the account."""
 
 from __future__ import annotations
 
@@ -90,3 +91,9 @@ def test_da_proposes_sa_approves_holder_activates_and_enrols_totp(
     expect(first).to_contain_text(users["DA"].username)
     expect(first).to_contain_text(users["SA"].username)
     shot(sa, "first-sign-in")
+
+    # The ledger's 取扱者 list names who proposed and who approved the account.
+    sa.goto(base_url + "/reports/ledger")
+    handler = sa.locator(f"#ledger-access tr[data-user='{USERNAME}']")
+    expect(handler.locator(".account-change")).to_contain_text(
+        f"申請 {users['DA'].username}・承認 {users['SA'].username}")
