@@ -851,15 +851,15 @@ def test_idle_session_ends_with_a_notice(
     before = sa.get("/policy")
     assert before.status == 200, before.body[:300]
     original = before.json["policy"]["session_idle_minutes"]
-    mu = clerks["MU"]
     try:
         changed = sa.put("/policy", {"policy": {"session_idle_minutes": 1}})
         assert changed.status == 200, changed.body[:300]
-        # The direct client is another clerk: a second sign-in of the same one
-        # would wait for the next TOTP step (every role has a second factor).
-        ma = clerks["MA"]
-        in_browser = mu.sign_in(mu.username, mu.password, mu.totp_secret)
-        direct = client_for(appliance, ma.sign_in(ma.username, ma.password, ma.totp_secret))
+        # Two clerks the module has not signed in again yet: another sign-in of
+        # the same one within 30 s would wait for the next TOTP step (every
+        # role has a second factor).
+        ma, da = clerks["MA"], clerks["DA"]
+        in_browser = ma.sign_in(ma.username, ma.password, ma.totp_secret)
+        direct = client_for(appliance, da.sign_in(da.username, da.password, da.totp_secret))
         context = new_context()
         context.add_cookies([session_cookie(appliance.url, in_browser.token or "")])  # type: ignore[list-item]
         page = context.new_page()
