@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import secrets
 import ssl
 import struct
 import time
@@ -187,21 +188,100 @@ def activate(api: Api, first_password: str) -> Api:
     assert r.status == 200, (r.status, r.body[:300])
     api.password = new_password
     if r.json["mfa_setup_required"]:
-        begin = api.post("/session/totp")
-        assert begin.status == 200, begin.body
-        api.totp_secret = begin.json["secret"]
-        confirm = api.post("/session/totp/confirm", {"code": api.totp_code()})
-        assert confirm.status == 200, confirm.body
-        assert not confirm.json["mfa_setup_required"]
+        enrol_totp(api)
     return api
 
 
-def provision(admin: Api, username: str, role: str) -> Api:
-    """Create an account as a DA and bring it to a usable session."""
+def enrol_totp(api: Api) -> Api:
+    """Enrol a TOTP second factor for a session that must (or may) set one up."""
+    begin = api.post("/session/totp")
+    assert begin.status == 200, begin.body
+    api.totp_secret = begin.json["secret"]
+    confirm = api.post("/session/totp/confirm", {"code": api.totp_code()})
+    assert confirm.status == 200, confirm.body
+    assert not confirm.json["mfa_setup_required"]
+    return api
+
+
+# An SA or MA client per appliance (by URL) that approves the DA's account
+# proposals for provision(): the first SA it makes, or one a test registers.
+_APPROVERS: dict[str, Api] = {}
+FIRST_SA = "sa-first"
+
+
+def remember_approver(api: Api) -> Api:
+    _APPROVERS[api.base] = api
+    return api
+
+
+def holder_password(username: str) -> str:
+    return "Held-" + secrets.token_hex(5) + NEW_PASSWORD_SUFFIX
+
+
+def activate_account(anon: Api, username: str, half_a: str, half_b: str,
+                     password: str | None = None) -> str:
+    """What the holder does on the activation page; returns their password."""
+    password = password or holder_password(username)
+    r = anon.anonymous().post("/activation", {"username": username, "half_a": half_a,
+                                              "half_b": half_b, "new_password": password})
+    assert r.status == 200, (r.status, r.body[:300])
+    return password
+
+
+def approve(approver: Api, proposal: str) -> Response:
+    """Approve as ``approver``, signing it in again if its session ran out."""
+    r = approver.post(f"/users/proposals/{proposal}/approve")
+    if r.status == 401 and approver.password:
+        again = approver.sign_in(approver.username, approver.password, approver.totp_secret)
+        approver.token = again.token
+        r = approver.post(f"/users/proposals/{proposal}/approve")
+    return r
+
+
+def approver_for(admin: Api, target: str) -> Api:
+    """An SA (or MA) of ``admin``'s appliance who is not ``target``; makes the
+    appliance's first SA (the DA alone may) when there is none yet."""
+    known = _APPROVERS.get(admin.base)
+    if known is not None and known.username != target:
+        return known
+    if known is None:
+        return remember_approver(provision(admin, FIRST_SA, "SA"))
+    raise AssertionError(f"no approver for {target}: register one with remember_approver()")
+
+
+def propose_and_approve(admin: Api, username: str, role: str,
+                        approver: Api | None = None) -> str:
+    """As the DA, create an MU/MA/SA account and have it approved (or, for
+    the first SA, made by the DA alone); the holder activates it. Returns the
+    holder's password (no second factor enrolled yet)."""
     r = admin.post("/users", {"username": username, "role": role})
     assert r.status == 200, (r.status, r.body[:300])
-    fresh = admin.sign_in(username, r.json["password"])
-    return activate(fresh, r.json["password"])
+    created = r.json
+    if created["state"] == "pending":
+        approver = approver or approver_for(admin, username)
+        decided = approve(approver, created["proposal"])
+        assert decided.status == 200, (decided.status, decided.body[:300])
+        half_b = decided.json["half_b"]
+    else:
+        half_b = created["half_b"]
+    return activate_account(admin, username, created["half_a"], half_b)
+
+
+def provision(admin: Api, username: str, role: str) -> Api:
+    """Create an account as a DA and bring it to a usable session: for MU, MA
+    and SA through a second person's approval and the holder's activation
+    with both halves of the code (see propose_and_approve)."""
+    if role == "DA":
+        r = admin.post("/users", {"username": username, "role": role})
+        assert r.status == 200, (r.status, r.body[:300])
+        fresh = admin.sign_in(username, r.json["password"])
+        return activate(fresh, r.json["password"])
+    password = propose_and_approve(admin, username, role)
+    holder = admin.sign_in(username, password)
+    holder = enrol_totp(holder)
+    if role == "SA" and admin.base not in _APPROVERS:
+        remember_approver(holder)
+    return holder
 
 
 def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (30, 80, 160)) -> bytes:

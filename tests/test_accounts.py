@@ -365,13 +365,16 @@ def test_totp_uri_for_the_qr_code(secret: str) -> None:
     assert totp_uri(secret, "tanaka", issuer="Acme Kura").startswith("otpauth://totp/Acme%20Kura:")
 
 
-def test_mfa_required_for_admins_by_default() -> None:
-    assert mfa_required(POLICY, Role.SA)
-    assert mfa_required(POLICY, Role.DA)
-    assert not mfa_required(POLICY, Role.MU)
-    assert not mfa_required(POLICY, Role.MA)
-    everyone = SecurityPolicy(mfa_roles=frozenset(Role))
-    assert all(mfa_required(everyone, role) for role in Role)
+def test_mfa_required_for_every_role_by_default() -> None:
+    assert all(mfa_required(POLICY, role) for role in Role)
+    admins = SecurityPolicy(mfa_roles=frozenset({Role.SA, Role.DA}))
+    assert not mfa_required(admins, Role.MU) and mfa_required(admins, Role.DA)
+
+
+def test_a_stored_policy_keeps_its_second_factor_roles() -> None:
+    """A policy stored before the default changed still says what it said."""
+    stored = SecurityPolicy.from_json({"mfa_roles": ["SA", "DA"], "min_length": 12})
+    assert not mfa_required(stored, Role.MU)
 
 
 # --------------------------------------------------------------------------
@@ -425,7 +428,7 @@ def test_policy_defaults_match_the_brief() -> None:
         "lockout_threshold": 5,
         "lockout_base_seconds": 30,
         "lockout_max_seconds": 3600,
-        "mfa_roles": ["SA", "DA"],
+        "mfa_roles": ["MU", "MA", "SA", "DA"],
         "session_idle_minutes": 15,
         "session_absolute_hours": 10,
         "export_approval_threshold": 100,

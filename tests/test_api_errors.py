@@ -22,7 +22,15 @@ from urllib.parse import quote
 import pytest
 
 from kura.devserver import LocalAppliance
-from tests.support import Api, Response, hyphenated, my_number, provision, wrong_check_digit
+from tests.support import (
+    Api,
+    Response,
+    hyphenated,
+    my_number,
+    propose_and_approve,
+    provision,
+    wrong_check_digit,
+)
 
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 INTERNALS = re.compile(
@@ -392,9 +400,7 @@ def test_session_of_a_disabled_user(users: dict[str, Api], numbers: Numbers,
 
 def test_lockout_after_five_wrong_passwords(users: dict[str, Api]) -> None:
     da = users["DA"]
-    created = da.post("/users", {"username": "ae-locked", "role": "MU"})
-    assert created.status == 200, created.body
-    password = created.json["password"]
+    password = propose_and_approve(da, "ae-locked", "MU")
     anon = da.anonymous()
     wrong = [f"Wrong-Password-{i}!x" for i in range(5)]
     for attempt in wrong[:4]:

@@ -161,7 +161,8 @@ def fuzzed() -> Iterator[Fuzzed]:
         }}
         targets = []  # accounts for the DA's operations on /users/{username}
         for n in (1, 2):
-            created = admin.post("/users", {"username": f"fuzz-target-{n}", "role": "MU"})
+            # DA accounts exist at once (an MU would wait for an approver).
+            created = admin.post("/users", {"username": f"fuzz-target-{n}", "role": "DA"})
             assert created.status == 200, created.body[:300]
             targets.append(f"fuzz-target-{n}")
         ids = []

@@ -17,7 +17,7 @@ import pytest
 
 from kura.core import exports
 from kura.core.errors import BadRequest
-from tests.support import Api, my_numbers, provision
+from tests.support import Api, approve, approver_for, my_numbers, provision
 
 THRESHOLD = 100  # the default policy's export_approval_threshold
 YEAR = datetime.now(exports.TOKYO).year
@@ -270,6 +270,9 @@ def test_an_ma_cannot_decide_their_own_request(
     assert request["state"] == "pending"
     changed = admin.patch(f"/users/{clerk.username}", {"role": "MA"})
     assert changed.status == 200, changed.body
+    # A role change into MA waits for a second person (the holder keeps their password).
+    decided = approve(approver_for(admin, clerk.username), changed.json["proposal"]["proposal"])
+    assert decided.status == 200 and decided.json["half_b"] is None, decided.body
     promoted = clerk.sign_in(clerk.username, clerk.password, clerk.totp_secret)
     own = promoted.post(f"/export-requests/{request['id']}/decision", {"decision": "approve"})
     assert own.status == 403 and own.error_code == "own_request"

@@ -31,7 +31,7 @@ import pytest
 
 from kura.console.api import ROUTES
 from tests import role_cases
-from tests.support import Api, Response, my_number, provision
+from tests.support import Api, Response, my_number, propose_and_approve, provision
 
 ROLES = ("MU", "MA", "SA", "DA")
 EVERYONE = frozenset(ROLES)
@@ -157,13 +157,23 @@ class World:
     # --- accounts made for one cell --------------------------------------------
 
     def create_user(self, role: str) -> tuple[str, str]:
+        """A new account and its first password: a DA's one-time password, or
+        for MU, MA and SA the password its holder set on activation (after
+        the SA's approval), with no second factor enrolled yet."""
         username = self.unique(f"rm-{role.lower()}-")
+        if role != "DA":
+            return username, propose_and_approve(self.da, username, role, approver=self.sa)
         r = self.da.post("/users", {"username": username, "role": role})
         assert r.status == 200, r.body
         return username, str(r.json["password"])
 
+    def proposals(self) -> Any:
+        r = self.da.get("/users/proposals")
+        assert r.status == 200, r.body
+        return r.json["proposals"]
+
     def first_sign_in(self, role: str) -> tuple[Api, str]:
-        """A new account of ``role``, signed in with its one-time password."""
+        """A new account of ``role``, signed in with its first password."""
         username, password = self.create_user(role)
         return self.anon.sign_in(username, password), password
 
@@ -437,11 +447,18 @@ def list_users(world: World, role: str | None) -> Case:
 def create_user(world: World, role: str | None) -> Case:
     username = world.unique("rm-new-")
 
-    def created(r: Response) -> None:
-        assert username in {u["username"] for u in world.user_list()}
+    def proposed(r: Response) -> None:
+        # An MU account is a proposal: listed as waiting, not yet an account.
+        assert username in {p["username"] for p in world.proposals()}
+        assert username not in {u["username"] for u in world.user_list()}
+
+    def cancel(r: Response) -> None:
+        if r.status == 200:
+            world.da.post(f"/users/proposals/{r.json['proposal']}/cancel")
 
     return Case(_as(world, role), "POST", "/users", {"username": username, "role": "MU"},
-                snapshot=world.user_list, followup=created)
+                snapshot=lambda: (world.user_list(), world.proposals()), followup=proposed,
+                cleanup=cancel)
 
 
 def _target(world: World, role: str | None) -> tuple[str, Api | None]:
@@ -472,12 +489,19 @@ def update_user(world: World, role: str | None) -> Case:
 def reset_password(world: World, role: str | None) -> Case:
     username, target = _target(world, role)
 
-    def reset(r: Response) -> None:
-        assert r.json["must_change_password"] is True and r.json["password"]
-        assert target is not None and target.get("/session").status == 401
+    def proposed(r: Response) -> None:
+        # An MU's reset waits for a second person: its session lives on till then.
+        assert r.json["state"] == "pending" and r.json["half_a"]
+        assert "password" not in r.json
+        assert target is not None and target.get("/session").status == 200
+
+    def cancel(r: Response) -> None:
+        if r.status == 200:
+            world.da.post(f"/users/proposals/{r.json['proposal']}/cancel")
 
     return Case(_as(world, role), "POST", f"/users/{username}/password-reset", {},
-                snapshot=lambda: _account_state(world, username, target), followup=reset)
+                snapshot=lambda: _account_state(world, username, target), followup=proposed,
+                cleanup=cancel)
 
 
 def rotate_keys(world: World, role: str | None) -> Case:

@@ -37,6 +37,9 @@ DA_FIRST_PASSWORD = "First-Kura-Pass-42!"
 DA_PASSWORD = "Kura-Second-Pass-2026!"
 MU_PASSWORD = "Kura-user-Pass-2026!"
 MU_NAMES = ("mu-idle", "mu-restart", "mu-absolute", "mu-lock")
+SA_PASSWORD = "Kura-approver-Pass-2026!"
+MU_SECRETS: dict[str, str] = {}  # the MUs' TOTP secrets, enrolled by the admin fixture
+_USED_STEPS: dict[str, int] = {}  # a TOTP step works once
 
 
 class FakeClock:
@@ -67,6 +70,17 @@ class Desk:
     async def login(self, username: str, password: str, totp: str = "") -> str:
         args = {"username": username, "password": password, **({"totp": totp} if totp else {})}
         return str((await self.call("login", args))["token"])
+
+    async def mu_login(self, username: str) -> str:
+        """An MU signs in with its password and a code from its authenticator
+        (every role needs a second factor by default): a step not used yet."""
+        secret = MU_SECRETS[username]
+        totp = pyotp.TOTP(secret)
+        step = max(totp.timecode(self.clock()), _USED_STEPS.get(secret, -1) + 1)
+        while step > totp.timecode(self.clock()) + 1:
+            self.clock.advance(timedelta(seconds=30))
+        _USED_STEPS[secret] = step
+        return await self.login(username, MU_PASSWORD, totp.generate_otp(step))
 
     async def audit(self, action: str, actor: str) -> list[dict[str, Any]]:
         async with self.store.transaction() as tx:
@@ -151,13 +165,30 @@ def admin(config: Config) -> Admin:
             done = await d.call("totp_confirm", {"code": code}, token)
             assert done["mfa_setup_required"] is False
 
+            # The first SA, by the DA alone; then each MU by proposal and the
+            # SA's approval, activated by its holder with both halves.
+            first_sa = await d.call("user.create", {"username": "sa-first", "role": "SA"}, token)
+            await d.call("user.activate", {"username": "sa-first", "half_a": first_sa["half_a"],
+                                           "half_b": first_sa["half_b"],
+                                           "new_password": SA_PASSWORD})
+            sa = await d.login("sa-first", SA_PASSWORD)
+            sa_secret = str((await d.call("totp_begin", {}, sa))["secret"])
+            await d.call("totp_confirm", {"code": pyotp.TOTP(sa_secret).at(clock())}, sa)
             for name in MU_NAMES:
-                first = str((await d.call("user.create", {"username": name, "role": "MU"},
-                                          token))["password"])
-                mu = await d.login(name, first)
-                await d.call("change_password", {"current_password": first,
-                                                 "new_password": MU_PASSWORD}, mu)
+                proposed = await d.call("user.create", {"username": name, "role": "MU"}, token)
+                approved = await d.call("user.approve", {"id": proposed["proposal"]}, sa)
+                await d.call("user.activate", {"username": name, "half_a": proposed["half_a"],
+                                               "half_b": approved["half_b"],
+                                               "new_password": MU_PASSWORD})
+                mu = await d.login(name, MU_PASSWORD)
+                mu_secret = str((await d.call("totp_begin", {}, mu))["secret"])
+                confirmed = await d.call("totp_confirm",
+                                         {"code": pyotp.TOTP(mu_secret).at(clock())}, mu)
+                assert confirmed["mfa_setup_required"] is False
+                MU_SECRETS[name] = mu_secret
+                _USED_STEPS[mu_secret] = pyotp.TOTP(mu_secret).timecode(clock())
                 await d.call("logout", {}, mu)
+            await d.call("logout", {}, sa)
             await d.call("logout", {}, token)
             return Admin(DA_PASSWORD, secret, clock())
 
@@ -168,7 +199,7 @@ def test_idle_session_ends_and_says_why(config: Config, admin: Admin) -> None:
     async def scenario() -> None:
         clock = FakeClock()
         async with desk(config, clock) as d:
-            token = await d.login("mu-idle", MU_PASSWORD)
+            token = await d.mu_login("mu-idle")
             # Activity keeps a session alive well past the idle limit in total.
             for _ in range(4):
                 clock.advance(IDLE - timedelta(seconds=1))
@@ -189,7 +220,7 @@ def test_idle_session_ends_and_says_why(config: Config, admin: Admin) -> None:
             entries = await d.audit("session.expired", "mu-idle")
             assert [(e["outcome"], e["detail"]) for e in entries] == [("ok", {"why": "idle"})]
             # Signing in again works.
-            fresh = await d.login("mu-idle", MU_PASSWORD)
+            fresh = await d.mu_login("mu-idle")
             assert (await d.call("whoami", {}, fresh))["role"] == "MU"
 
     asyncio.run(scenario())
@@ -202,8 +233,8 @@ def test_idle_time_is_kept_across_a_vault_restart(config: Config, admin: Admin) 
     async def scenario() -> None:
         clock = FakeClock()
         async with desk(config, clock) as d:
-            live = await d.login("mu-restart", MU_PASSWORD)
-            idle = await d.login("mu-restart", MU_PASSWORD)
+            live = await d.mu_login("mu-restart")
+            idle = await d.mu_login("mu-restart")
             clock.advance(IDLE - timedelta(minutes=2))
             await d.call("whoami", {}, live)
         clock.advance(IDLE - timedelta(minutes=2))
@@ -222,7 +253,7 @@ def test_absolute_limit_ends_even_a_busy_session(config: Config, admin: Admin) -
         clock = FakeClock()
         start = clock()
         async with desk(config, clock) as d:
-            token = await d.login("mu-absolute", MU_PASSWORD)
+            token = await d.mu_login("mu-absolute")
             step = IDLE - timedelta(minutes=1)
             while clock() + step < start + ABSOLUTE - timedelta(minutes=1):
                 clock.advance(step)
@@ -236,7 +267,7 @@ def test_absolute_limit_ends_even_a_busy_session(config: Config, admin: Admin) -
             entries = await d.audit("session.expired", "mu-absolute")
             assert [e["detail"] for e in entries] == [{"why": "absolute"}]
             assert await d.session_rows("mu-absolute") == 0
-            fresh = await d.login("mu-absolute", MU_PASSWORD)
+            fresh = await d.mu_login("mu-absolute")
             assert (await d.call("whoami", {}, fresh))["username"] == "mu-absolute"
 
     asyncio.run(scenario())
@@ -295,7 +326,7 @@ def test_lockout_after_five_failures_then_back_off(config: Config, admin: Admin)
 
             # Past the lock, the right password gets in and the count starts again.
             clock.advance(timedelta(seconds=2))
-            token = await d.login("mu-lock", MU_PASSWORD)
+            token = await d.mu_login("mu-lock")
             assert (await d.call("whoami", {}, token))["username"] == "mu-lock"
             with pytest.raises(LoginFailed):
                 await d.login("mu-lock", "Wrong-Password-123!")

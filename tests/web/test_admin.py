@@ -1,9 +1,10 @@
-"""Administration in the browser: a DA creates an account and sees its
-one-time password once, disables an account (its sessions end at once); an
-SA changes the export threshold (a weakening: it waits for the MA) and the
-allowed networks (at once) — a bad CIDR and a list without the SA's own
-address are refused by name — and puts the policy back; a DA reads the
-appliance's status and the certificate's expiry."""
+"""Administration in the browser: a DA creates another DA's account and sees
+its one-time password once (accounts that see numbers are proposals:
+tests/web/test_two_person_accounts.py), disables an account (its sessions end
+at once); an SA changes the export threshold (a weakening: it waits for the
+MA) and the allowed networks (at once) — a bad CIDR and a list without the
+SA's own address are refused by name — and puts the policy back; a DA reads
+the appliance's status and the certificate's expiry."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from kura import tls
 from kura.devserver import LocalAppliance
 from tests.policy_support import set_policy
-from tests.support import Api
+from tests.support import Api, propose_and_approve
 from tests.web.conftest import VIEWPORT, session_cookie
 
 Shot = Callable[[Page, str], Path]
@@ -51,7 +52,7 @@ def test_da_creates_an_account_and_sees_its_password_once(
     expect(page.locator("h1")).to_have_text("ユーザー管理")
     page.fill("#new-username", "web-admin-new")
     page.fill("#new-display-name", "<b>新人</b> 花子")
-    page.select_option("#new-role", "MA")
+    page.select_option("#new-role", "DA")
     page.click("#create-user")
     expect(page.locator("h1")).to_have_text("アカウントを作成しました")
     password = page.locator("#one-time-password").inner_text().strip()
@@ -63,7 +64,7 @@ def test_da_creates_an_account_and_sees_its_password_once(
     assert signed_in.status == 200 and signed_in.json["must_change_password"] is True
     page.click("#back-to-users")
     row = page.locator("#users tr[data-user='web-admin-new']")
-    expect(row).to_contain_text("マイナンバー管理者")
+    expect(row).to_contain_text("アプライアンス管理者")
     expect(row).to_contain_text("<b>新人</b> 花子")  # escaped, shown as typed
     expect(row).to_contain_text("パスワード変更待ち")
     assert password not in page.content()
@@ -81,9 +82,8 @@ def test_da_creates_an_account_and_sees_its_password_once(
 def test_da_disables_an_account_and_its_session_ends(
     page_as: Callable[[str], Page], admin: Api, base_url: str, shot: Shot,
 ) -> None:
-    created = admin.post("/users", {"username": "web-admin-leaver", "role": "MU"})
-    assert created.status == 200
-    leaver = admin.sign_in("web-admin-leaver", created.json["password"])
+    password = propose_and_approve(admin, "web-admin-leaver", "MU")
+    leaver = admin.sign_in("web-admin-leaver", password)
     assert leaver.get("/session").status == 200
     page = page_as("DA")
     page.goto(base_url + "/admin/users")

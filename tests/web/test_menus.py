@@ -42,16 +42,17 @@ AUDIT_EXPORT = ("/audit/export", "監査ログのエクスポート")
 POLICY = ("/admin/policy", "セキュリティポリシー")
 USERS = ("/admin/users", "ユーザー管理")
 STATUS = ("/admin/status", "アプライアンスの状態")
+APPROVALS = ("/admin/approvals", "アカウント変更の承認")  # the DA's account proposals
 
 MENUS: dict[str, set[tuple[str, str]]] = {
     "MU": {SEARCH, EXPORTS, REQUESTS, PAYEE, IMPORT, DISPOSAL, RETENTION},
-    "MA": {SEARCH, EXPORTS, REQUESTS, DISPOSAL, RECORDS, RETENTION, LEDGER},
-    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY},
+    "MA": {SEARCH, EXPORTS, REQUESTS, DISPOSAL, RECORDS, RETENTION, LEDGER, APPROVALS},
+    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY, APPROVALS},
     "DA": {USERS, STATUS},
 }
 GROUPS: dict[str, set[str]] = {
     "MU": {"利用", "収集", "廃棄"},
-    "MA": {"利用", "収集", "廃棄", "監査"},
+    "MA": {"利用", "収集", "廃棄", "監査", "管理"},
     "SA": {"廃棄", "監査", "管理"},
     "DA": {"管理"},
 }

@@ -50,7 +50,7 @@ from kura.console.web.menu import MENU
 from kura.core.audit import looks_like_my_number
 from kura.devserver import LocalAppliance
 from tests.policy_support import set_policy
-from tests.support import Api, hyphenated, my_number, provision
+from tests.support import Api, hyphenated, my_number, propose_and_approve, provision
 from tests.web.conftest import session_cookie
 
 ROLES = ("MU", "MA", "SA", "DA")
@@ -99,6 +99,9 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("GET", "/sealed"): EVERYONE,
     ("GET", "/unseal"): EVERYONE,  # custodians type their shares; no account needed
     ("POST", "/unseal"): EVERYONE,
+    # the new holder's activation: the code's two halves are their only credential
+    ("GET", "/activate"): EVERYONE,
+    ("POST", "/activate"): EVERYONE,
     # the employee's one-time link: the token is their only credential
     ("GET", "/r/{token}"): EVERYONE,
     ("POST", "/r/{token}"): EVERYONE,
@@ -175,6 +178,11 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/admin/users/disable"): DA,
     ("POST", "/admin/users/enable"): DA,
     ("POST", "/admin/users/reset"): DA,
+    ("POST", "/admin/users/cancel"): DA,  # only the proposing DA cancels (issue 10)
+    # the DA's account proposals: an SA or MA approves, never the DA (issue 10)
+    ("GET", "/admin/approvals"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/approvals/approve"): frozenset({"SA", "MA"}),
+    ("POST", "/admin/approvals/reject"): frozenset({"SA", "MA"}),
     ("GET", "/admin/status"): DA,
 }
 
@@ -702,9 +710,7 @@ def test_the_stylesheets_and_scripts_are_files(appliance: LocalAppliance) -> Non
 def test_sign_in_is_rate_limited_per_address(
     appliance: LocalAppliance, admin: Api
 ) -> None:
-    created = admin.post("/users", {"username": "websec-rate", "role": "MU"})
-    assert created.status == 200, created.body[:300]
-    password = created.json["password"]
+    password = propose_and_approve(admin, "websec-rate", "MU")
     limit = security.RateLimiter().limit
     here = client_for(appliance, None, source=fresh_address())
 
@@ -732,7 +738,7 @@ def test_sign_in_is_rate_limited_per_address(
     # Another address is not held back by this one's attempts.
     elsewhere = client_for(appliance, None, source=fresh_address())
     r = attempt(elsewhere, password)
-    assert r.status == 303 and r.location == "/account/password", r
+    assert r.status == 303 and r.location == "/account/totp", r
     assert security.SESSION_COOKIE in elsewhere.cookies
 
 
@@ -805,7 +811,7 @@ def test_no_number_in_a_url_or_the_history(
         pytest.skip(f"the use pages are not routed yet: {sorted(needed - keys)}")
     mu = clerks["MU"]
     number, sid = registered.register(mu)
-    fresh = mu.sign_in(mu.username, mu.password)  # the browser's own session
+    fresh = mu.sign_in(mu.username, mu.password, mu.totp_secret)  # the browser's own session
     context = new_context()
     context.add_cookies([session_cookie(appliance.url, fresh.token or "")])  # type: ignore[list-item]
     seen: list[str] = []
@@ -856,12 +862,15 @@ def test_idle_session_ends_with_a_notice(
     before = sa.get("/policy")
     assert before.status == 200, before.body[:300]
     original = before.json["policy"]["session_idle_minutes"]
-    mu = clerks["MU"]
     try:
         changed = sa.put("/policy", {"policy": {"session_idle_minutes": 1}})
         assert changed.status == 200, changed.body[:300]
-        in_browser = mu.sign_in(mu.username, mu.password)
-        direct = client_for(appliance, mu.sign_in(mu.username, mu.password))
+        # Two clerks the module has not signed in again yet: another sign-in of
+        # the same one within 30 s would wait for the next TOTP step (every
+        # role has a second factor).
+        ma, da = clerks["MA"], clerks["DA"]
+        in_browser = ma.sign_in(ma.username, ma.password, ma.totp_secret)
+        direct = client_for(appliance, da.sign_in(da.username, da.password, da.totp_secret))
         context = new_context()
         context.add_cookies([session_cookie(appliance.url, in_browser.token or "")])  # type: ignore[list-item]
         page = context.new_page()

@@ -121,7 +121,9 @@ class SecurityPolicy:
     lockout_threshold: int = 5
     lockout_base_seconds: int = 30
     lockout_max_seconds: int = 3600
-    mfa_roles: frozenset[Role] = frozenset({Role.SA, Role.DA})
+    # Every role by default (issue 10): MU and MA see numbers, so a stolen
+    # password alone must not open them. A stored policy keeps what it says.
+    mfa_roles: frozenset[Role] = frozenset(Role)
     session_idle_minutes: int = 15
     session_absolute_hours: int = 10
     export_approval_threshold: int = 100

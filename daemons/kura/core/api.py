@@ -89,6 +89,21 @@ ARGS: dict[str, Schema] = {
         {"role": ROLE, "disabled": {"type": "boolean"}, "display_name": text(100)},
     ),
     "user.reset_password": obj({"username": USERNAME}, {"reset_totp": {"type": "boolean"}}),
+    "user.proposals": obj(
+        {}, {"state": {"type": "string", "enum": ["pending", "all"]}, "limit": LIMIT}
+    ),
+    "user.approve": obj({"id": UUID}),
+    "user.reject": obj({"id": UUID}),
+    "user.cancel": obj({"id": UUID}),
+    "user.first_logins": obj({}, {"limit": LIMIT}),
+    "user.activate": obj(
+        {
+            "username": text(64, 1),
+            "half_a": text(40, 1),
+            "half_b": text(40, 1),
+            "new_password": text(256, 1),
+        }
+    ),
     "keys.rotate": obj({}, {"rewrap": {"type": "boolean"}}),
 }
 

@@ -76,6 +76,13 @@ ACTION_LABELS: dict[str, tuple[str, str]] = {
     "user.list": ("ユーザー一覧の参照", "Users listed"),
     "user.update": ("ユーザーの変更", "User changed"),
     "user.reset_password": ("パスワードのリセット", "Password reset"),
+    "user.propose": ("アカウント変更の申請", "Account change proposed"),
+    "user.approve": ("アカウント変更の承認", "Account change approved"),
+    "user.reject": ("アカウント変更の却下", "Account change rejected"),
+    "user.cancel": ("アカウント変更の取消し", "Account change cancelled"),
+    "user.proposal_expire": ("アカウント変更申請の期限切れ", "Account change proposal expired"),
+    "user.activate": ("アカウントの有効化", "Account activated"),
+    "user.first_login": ("初回ログイン", "First sign-in"),
     "policy.get": ("セキュリティポリシーの参照", "Security policy viewed"),
     "policy.set": ("セキュリティポリシーの変更", "Security policy changed"),
     "policy.propose": ("セキュリティポリシーを弱める変更の申請", "Weaker security policy proposed"),
@@ -295,6 +302,7 @@ def build_ledger(
     exports: Iterable[Mapping[str, Any]],
     accounts: Iterable[Mapping[str, Any]],
     today: date,
+    account_changes: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The handling-status ledger (取扱状況).
 
@@ -303,7 +311,21 @@ def build_ledger(
     ``disposed``: disposal records' rows of kind, n in the period;
     ``documents``: held (attached to subjects) and pending (on requests);
     ``exports``: rows of action, purpose, n, rows; ``accounts``: the enabled
-    MU and MA accounts."""
+    MU and MA accounts; ``account_changes``: the approved proposals about
+    them (username, kind, role, proposer, approver, decided_at), oldest first,
+    so the 取扱者 list names who proposed and who approved each account and
+    each reset."""
+    changes_of: dict[str, list[dict[str, Any]]] = {}
+    for c in account_changes:
+        changes_of.setdefault(str(c["username"]), []).append(
+            {
+                "kind": str(c["kind"]),
+                "role": str(c["role"]),
+                "proposer": str(c["proposer"]),
+                "approver": str(c["approver"] or ""),
+                "at": c.get("decided_at"),
+            }
+        )
     by_kind_purposes: dict[str, list[dict[str, Any]]] = {}
     for row in purposes:
         by_kind_purposes.setdefault(str(row["kind"]), []).append(
@@ -368,6 +390,7 @@ def build_ledger(
                 "role": str(a["role"]),
                 "mfa": bool(a.get("totp")),
                 "last_login_at": a.get("last_login_at"),
+                "changes": changes_of.get(str(a["username"]), []),
             }
             for a in accounts
         ],

@@ -34,7 +34,11 @@ _LABELS = {
 
 # request.open and request.submit are the data subject's: the one-time link's
 # token is their only credential.
-PUBLIC = frozenset({"status", "unseal", "login", "request.open", "request.submit"})
+# user.activate is the new account holder's: the activation code's two halves
+# are their only credential.
+PUBLIC = frozenset(
+    {"status", "unseal", "login", "request.open", "request.submit", "user.activate"}
+)
 SELF = frozenset(
     {
         "logout",
@@ -77,6 +81,13 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "user.list": frozenset({_DA}),
     "user.update": frozenset({_DA}),
     "user.reset_password": frozenset({_DA}),
+    # Accounts that see numbers or approve take two people: the DA proposes,
+    # an SA or MA approves (kura.core.account_approvals).
+    "user.proposals": frozenset({_DA, _SA, _MA}),
+    "user.approve": frozenset({_SA, _MA}),
+    "user.reject": frozenset({_SA, _MA}),
+    "user.cancel": frozenset({_DA}),
+    "user.first_logins": frozenset({_SA}),
     "keys.rotate": frozenset({_DA}),
     "appliance.status": frozenset({_DA}),
     # collection from employees: requests with a one-time link

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from kura.core import account_approvals as approvals
 from kura.core import accounts
 from kura.core.errors import (
     AccountLocked,
@@ -17,10 +18,10 @@ from kura.core.errors import (
 )
 from kura.core.purposes import CATALOGUE
 from kura.core.roles import Role
+from kura.vault.account_approvals import AccountApprovalOperations
 from kura.vault.base import (
     Caller,
     Session,
-    VaultBase,
     jsonable,
     one_time_password,
     operation,
@@ -30,7 +31,7 @@ from kura.vault.base import (
 from kura.vault.store import Row
 
 
-class AccountOperations(VaultBase):
+class AccountOperations(AccountApprovalOperations):
     @operation("bootstrap_da")
     async def bootstrap_da(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         password = args.get("password") or one_time_password()
@@ -58,6 +59,11 @@ class AccountOperations(VaultBase):
         if user is None or user["disabled"]:
             await asyncio.to_thread(accounts.verify_password, args["password"], accounts.DUMMY_HASH)
             await self._audit_login(caller, safe_actor_name(username), "", "denied", "unknown_user")
+            raise LoginFailed()
+        if user["activation_a"] is not None:
+            # Waiting for its holder (kura.vault.account_approvals): no password works yet.
+            await asyncio.to_thread(accounts.verify_password, args["password"], accounts.DUMMY_HASH)
+            await self._audit_login(caller, username, user["role"], "denied", "not_activated")
             raise LoginFailed()
         if user["locked_until"] and user["locked_until"] > now:
             await self._audit_login(caller, username, user["role"], "denied", "locked")
@@ -112,6 +118,8 @@ class AccountOperations(VaultBase):
                     client=caller.client,
                     detail={"mfa": mfa_done},
                 )
+                if locked["first_login_pending"]:
+                    await self._first_login(tx, caller, locked)
         if not good:
             if until:
                 raise AccountLocked(until=until.isoformat())
@@ -273,20 +281,30 @@ class AccountOperations(VaultBase):
 
     @operation("user.create")
     async def user_create(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """A DA account at once, with a one-time password; an account that sees
+        numbers or approves as a proposal (kura.core.account_approvals)."""
+        role, username = Role(args["role"]), args["username"]
+        display_name = args.get("display_name", "")
+        if approvals.needs_two_people(approvals.Change("create", role)):
+            if role == Role.SA and not await self._security_admin_existed():
+                first = await self._create_first_sa(caller, username, display_name)
+                if first:
+                    return first
+            return await self._propose(
+                caller, approvals.Change("create", role), username, display_name
+            )
         password = one_time_password()
         hashed = await asyncio.to_thread(accounts.hash_password, password)
         async with self.store.transaction() as tx:
-            if await tx.user_by_name(args["username"]):
+            if await tx.user_by_name(username) or await tx.pending_proposal_for(username):
                 raise Conflict("that user name is taken", "そのユーザー名は使われています。")
-            await tx.insert_user(
-                args["username"], args["role"], args.get("display_name", ""), hashed
-            )
-            await record(
-                tx, caller, "user.create", target=args["username"], detail={"role": args["role"]}
-            )
+            await tx.insert_user(username, str(role), display_name, hashed)
+            await record(tx, caller, "user.create", target=username, detail={"role": str(role)})
         return {
-            "username": args["username"],
-            "role": args["role"],
+            "username": username,
+            "role": str(role),
+            "kind": "create",
+            "state": "approved",
             "password": password,
             "must_change_password": True,
         }
@@ -300,13 +318,37 @@ class AccountOperations(VaultBase):
 
     @operation("user.update")
     async def user_update(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """Disabling, demoting and renaming apply at once; re-enabling an
+        account that sees numbers or approves, or changing a role into one,
+        becomes a proposal (the rest of the changes still apply)."""
         changes = {k: args[k] for k in ("role", "disabled", "display_name") if k in args}
+        async with self.store.transaction() as tx:
+            found = await tx.user_by_name(args["username"])
+        if found is None:
+            raise NotFound()
+        old_role = Role(found["role"])
+        new_role = Role(changes.get("role", old_role))
+        guarded: list[approvals.Change] = []
+        if new_role != old_role and approvals.needs_two_people(
+            approvals.Change("role", new_role, old_role)
+        ):
+            guarded.append(approvals.Change("role", new_role, old_role))
+            changes.pop("role")
+        enabling = changes.get("disabled") is False and found["disabled"]
+        if enabling and approvals.needs_two_people(approvals.Change("enable", new_role)):
+            guarded.append(approvals.Change("enable", new_role))
+            changes.pop("disabled")
+        if len(guarded) > 1:
+            raise Conflict(
+                "change the role and enable the account one at a time",
+                "ロールの変更と有効化は一つずつ行ってください。",
+            )
         async with self.store.transaction() as tx:
             user = await tx.user_by_name(args["username"], lock=True)
             if user is None:
                 raise NotFound()
             if user["id"] == (caller.session.user_id if caller.session else None) and (
-                changes.get("disabled") or changes.get("role", "DA") != "DA"
+                changes.get("disabled") or changes.get("role", "DA") != "DA" or guarded
             ):
                 raise Conflict(
                     "you cannot disable or demote yourself",
@@ -316,18 +358,33 @@ class AccountOperations(VaultBase):
                 await tx.update_user(user["id"], changes)
             if "role" in changes or changes.get("disabled"):
                 await tx.delete_user_sessions(user["id"])
-            await record(
-                tx,
-                caller,
-                "user.update",
-                target=args["username"],
-                detail={k: v for k, v in changes.items() if k != "display_name"},
-            )
+            if changes or not guarded:
+                await record(
+                    tx,
+                    caller,
+                    "user.update",
+                    target=args["username"],
+                    detail={k: v for k, v in changes.items() if k != "display_name"},
+                )
         self._forget_user_sessions(int(user["id"]))
-        return {"username": args["username"], **changes}
+        result: dict[str, Any] = {"username": args["username"], **changes}
+        if guarded:
+            result["proposal"] = await self._propose(caller, guarded[0], args["username"])
+        return result
 
     @operation("user.reset_password")
     async def user_reset_password(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        """A DA's password at once; an account that sees numbers or approves
+        by proposal, its holder activating again with a new code."""
+        async with self.store.transaction() as tx:
+            found = await tx.user_by_name(args["username"])
+        if found is None:
+            raise NotFound()
+        change = approvals.Change("reset", Role(found["role"]))
+        if approvals.needs_two_people(change):
+            return await self._propose(
+                caller, change, args["username"], reset_totp=bool(args.get("reset_totp"))
+            )
         password = one_time_password()
         hashed = await asyncio.to_thread(accounts.hash_password, password)
         async with self.store.transaction() as tx:
@@ -346,4 +403,9 @@ class AccountOperations(VaultBase):
                 detail={"reset_totp": bool(args.get("reset_totp"))},
             )
         self._forget_user_sessions(int(user["id"]))
-        return {"username": args["username"], "password": password, "must_change_password": True}
+        return {
+            "username": args["username"],
+            "state": "approved",
+            "password": password,
+            "must_change_password": True,
+        }

@@ -109,6 +109,7 @@ class ReportOperations(IntegrityOperations):
             documents = await tx.documents_held()
             exports = await tx.take_outs(since, until, reports.CATEGORY_ACTIONS["export"])
             accounts = await tx.accounts_with_access()
+            changes = await tx.approved_proposals_for([a["username"] for a in accounts])
             ring = await tx.keyring()
             await record(
                 tx,
@@ -136,6 +137,7 @@ class ReportOperations(IntegrityOperations):
             documents=documents,
             exports=exports,
             accounts=[jsonable(a) for a in accounts],
+            account_changes=[jsonable(c) for c in changes],
             today=now.astimezone(reports.TOKYO).date(),
         )
         ledger["storage"].update(

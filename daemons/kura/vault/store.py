@@ -395,7 +395,8 @@ class Tx:
     async def list_users(self) -> list[Row]:
         return await self.all(
             "SELECT username, display_name, role, disabled, must_change_password,"
-            " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at"
+            " totp_secret_ct IS NOT NULL AS totp, locked_until, last_login_at, created_at,"
+            " activation_a IS NOT NULL AS activation_pending, activation_expires"
             " FROM users ORDER BY username"
         )
 
@@ -514,6 +515,78 @@ class Tx:
 
     async def delete_user_sessions(self, user_id: int) -> None:
         await self.run("DELETE FROM sessions WHERE user_id = %s", (user_id,))
+
+    # --- account proposals and activation (kura.vault.account_approvals) -----
+
+    async def insert_account_proposal(self, values: Mapping[str, Any]) -> None:
+        cols = ", ".join(values)
+        marks = ", ".join(["%s"] * len(values))
+        await self.run(
+            f"INSERT INTO account_proposals ({cols}) VALUES ({marks})", list(values.values())
+        )
+
+    async def account_proposal(self, proposal_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM account_proposals WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+            (proposal_id,),
+        )
+
+    async def pending_proposal_for(self, username: str) -> Row | None:
+        return await self.one(
+            "SELECT * FROM account_proposals WHERE username = %s AND state = 'pending'",
+            (username,),
+        )
+
+    async def account_proposals(self, states: Sequence[str], limit: int) -> list[Row]:
+        return await self.all(
+            "SELECT id, kind, username, role, old_role, display_name, reset_totp, new_code,"
+            " proposer, approver, state, created_at, expires_at, decided_at"
+            " FROM account_proposals WHERE state = ANY(%s)"
+            " ORDER BY created_at DESC LIMIT %s",
+            (list(states), limit),
+        )
+
+    async def expire_account_proposals(self, now: datetime) -> list[Row]:
+        return await self.all(
+            "UPDATE account_proposals SET state = 'expired', decided_at = %s, half_a_hash = NULL"
+            " WHERE state = 'pending' AND expires_at <= %s RETURNING id, kind, username, proposer",
+            (now, now),
+        )
+
+    async def decide_account_proposal(
+        self, proposal_id: Any, state: str, decider: str | None, at: datetime
+    ) -> None:
+        await self.run(
+            "UPDATE account_proposals SET state = %s, approver = %s, decided_at = %s,"
+            " half_a_hash = NULL WHERE id = %s",
+            (state, decider, at, proposal_id),
+        )
+
+    async def approved_proposals_for(self, usernames: Sequence[str]) -> list[Row]:
+        return await self.all(
+            "SELECT username, kind, role, proposer, approver, decided_at FROM account_proposals"
+            " WHERE state = 'approved' AND username = ANY(%s) ORDER BY decided_at",
+            (list(usernames),),
+        )
+
+    async def start_activation(
+        self, user_id: int, unusable_hash: str, hash_a: str, hash_b: str, expires: datetime
+    ) -> None:
+        """The old password stops working; the account waits for its holder."""
+        await self.run(
+            "UPDATE users SET password_hash = %s, must_change_password = false,"
+            " activation_a = %s, activation_b = %s, activation_expires = %s,"
+            " first_login_pending = true, failed_logins = 0, locked_until = NULL WHERE id = %s",
+            (unusable_hash, hash_a, hash_b, expires, user_id),
+        )
+
+    async def finish_activation(self, user_id: int, password_hash: str) -> None:
+        await self.set_password(user_id, password_hash, must_change=False)
+        await self.run(
+            "UPDATE users SET activation_a = NULL, activation_b = NULL,"
+            " activation_expires = NULL WHERE id = %s",
+            (user_id,),
+        )
 
     # --- subjects ------------------------------------------------------------
 

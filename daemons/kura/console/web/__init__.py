@@ -24,7 +24,9 @@ from kura.console.web import i18n
 from kura.console.web.pages import WEB, WebState
 from kura.console.web.rendering import make_environments
 
-AREAS = ("auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity")
+AREAS = (
+    "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts"
+)
 
 
 def find_webui(configured: Path | None) -> Path:

@@ -72,6 +72,7 @@ async def _users_page(
     ]
     values: dict[str, Any] = {"new": {"username": "", "display_name": "", "role": "MU"}}
     values.update(context)
+    pending = await call(request, "user.proposals")
     return render_page(
         request,
         "admin/users.html",
@@ -79,8 +80,15 @@ async def _users_page(
         error=error,
         users=users,
         roles=ROLES,
+        proposals=pending["proposals"],
         **values,
     )
+
+
+def _proposed(request: web.Request, done: dict[str, Any]) -> web.Response:
+    """The answer to a change that waits for a second person (or the first
+    SA's creation): half A of the activation code, shown only here."""
+    return render_page(request, "admin/proposed.html", done=done)
 
 
 @routes.get("/admin/users")
@@ -119,6 +127,8 @@ async def user_create(request: web.Request) -> web.Response:
         if code not in USER_ERRORS:
             raise
         return await _users_page(request, _status(exc), _user_error(request, exc), new=typed)
+    if "password" not in created:
+        return _proposed(request, created)
     return render_page(
         request,
         "admin/one_time.html",
@@ -147,12 +157,14 @@ async def _update(request: web.Request, changes: dict[str, Any], done: str) -> w
     try:
         if "role" in changes:
             changes = {"role": _role(data)}
-        await call(request, "user.update", {"username": username, **changes})
+        result = await call(request, "user.update", {"username": username, **changes})
     except (VaultError, BadRequest) as exc:
         code = exc.vault_code if isinstance(exc, VaultError) else exc.code
         if code not in USER_ERRORS:
             raise
         return await _users_page(request, _status(exc), _user_error(request, exc))
+    if result.get("proposal"):
+        return _proposed(request, result["proposal"])
     raise redirect("/admin/users", done)
 
 
@@ -188,6 +200,8 @@ async def user_reset(request: web.Request) -> web.StreamResponse:
         if exc.vault_code not in USER_ERRORS:
             raise
         return await _users_page(request, exc.http_status, _user_error(request, exc))
+    if "password" not in reset:
+        return _proposed(request, reset)
     return render_page(
         request,
         "admin/one_time.html",

@@ -13,6 +13,7 @@ from aiohttp import web
 from kura.console.api import VAULT
 from kura.console.vaultclient import VaultError
 from kura.console.web import admin, i18n, security
+from kura.console.web.accounts import home_context
 from kura.console.web.pages import (
     WEB,
     Visitor,
@@ -56,9 +57,12 @@ async def home(request: web.Request) -> web.Response:
     # While the audit log's integrity is in question the vault answers little
     # but the incident: the banner says so, the work lists wait.
     stopped = status.get("audit_integrity", {}).get("state") == "fault"
-    # The admins see the policy's changes.
+    # The admins see the policy's changes and the accounts waiting for them.
     changes = None if stopped else await admin.policy_changes(request)
-    return render_page(request, "home.html", vault=status, policy_changes=changes)
+    account_notes = {} if stopped else await home_context(request, await visitor(request))
+    return render_page(
+        request, "home.html", vault=status, policy_changes=changes, account_notes=account_notes
+    )
 
 
 @routes.get("/login")

@@ -39,6 +39,9 @@ MENU: tuple[MenuItem, ...] = (
     MenuItem("/audit/export", N_("Audit export"), frozenset({SA}), N_("Audit")),
     MenuItem("/admin/policy", N_("Security policy"), frozenset({SA}), N_("Administration")),
     MenuItem("/admin/users", N_("Users"), frozenset({DA}), N_("Administration")),
+    MenuItem(
+        "/admin/approvals", N_("Account approvals"), frozenset({SA, MA}), N_("Administration")
+    ),
     MenuItem("/admin/status", N_("Appliance status"), frozenset({DA}), N_("Administration")),
 )
 
