@@ -1,6 +1,6 @@
-"""Accounts, sign-in and the security policy: the operations of sessions
-(log in and out, change a password, enrol TOTP), of the DA (users) and of the
-SA (policy)."""
+"""Accounts and sign-in: the operations of sessions (log in and out, change a
+password, enrol TOTP) and of the DA (users; what needs a second person is in
+``account_approvals``). The security policy's operations are in ``policy``."""
 
 from __future__ import annotations
 
