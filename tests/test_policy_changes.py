@@ -123,18 +123,28 @@ def test_a_weakening_waits_for_the_second_person(
     assert audit(site, "policy.propose")[0]["detail"]["fields"] == [field]
 
 
-STRENGTHENINGS: list[dict[str, Any]] = [
-    {"min_length": 16}, {"required_classes": 4}, {"history": 10}, {"max_age_days": 30},
-    {"lockout_threshold": 3}, {"lockout_base_seconds": 60}, {"lockout_max_seconds": 7200},
-    {"mfa_roles": ["MU", "MA", "SA", "DA"]}, {"session_idle_minutes": 5},
-    {"session_absolute_hours": 8}, {"export_approval_threshold": 10},
-    {"allowed_networks": ["127.0.0.0/8", "::1/128"]}, {"audit_checkpoint_seconds": 2},
+# (a weaker starting point, approved by the MA, where the default is already
+# the strongest; the strengthening asked for)
+STRENGTHENINGS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({}, {"min_length": 16}), ({}, {"required_classes": 4}), ({}, {"history": 10}),
+    ({}, {"max_age_days": 30}), ({}, {"lockout_threshold": 3}),
+    ({}, {"lockout_base_seconds": 60}), ({}, {"lockout_max_seconds": 7200}),
+    ({"mfa_roles": ["SA", "DA"]}, {"mfa_roles": ["MU", "MA", "SA", "DA"]}),
+    ({}, {"session_idle_minutes": 5}), ({}, {"session_absolute_hours": 8}),
+    ({}, {"export_approval_threshold": 10}),
+    ({}, {"allowed_networks": ["127.0.0.0/8", "::1/128"]}),
+    ({}, {"audit_checkpoint_seconds": 2}),
 ]
 
 
-@pytest.mark.parametrize("asked", STRENGTHENINGS, ids=[next(iter(s)) for s in STRENGTHENINGS])
-def test_a_strengthening_applies_at_once(site: Site, asked: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("start", "asked"), STRENGTHENINGS,
+                         ids=[next(iter(s[1])) for s in STRENGTHENINGS])
+def test_a_strengthening_applies_at_once(
+    site: Site, start: dict[str, Any], asked: dict[str, Any]
+) -> None:
     (field,) = asked
+    if start:
+        set_policy(site.sa, start, site.ma)
     r = site.sa.put("/policy", {"policy": asked})
     assert r.status == 200, r.body
     assert r.json["applied"] == [field] and r.json["pending"] is None

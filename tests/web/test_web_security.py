@@ -184,6 +184,10 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/admin/approvals/approve"): frozenset({"SA", "MA"}),
     ("POST", "/admin/approvals/reject"): frozenset({"SA", "MA"}),
     ("GET", "/admin/status"): DA,
+    # the audit-integrity incident: everyone is told why Kura stopped (a clerk
+    # is sent there); only an SA and a DA acknowledge it (issue 10)
+    ("GET", "/audit-integrity"): EVERYONE,
+    ("POST", "/audit-integrity/acknowledge"): frozenset({"SA", "DA"}),
 }
 
 # Routes the router has and EXPECTED does not decide yet, for the lead to
@@ -956,8 +960,8 @@ def test_page_role_matrix(
         where = f"{method} {path} as {who}"
         if who in allowed:
             assert r.status < 500 and r.status != 403, (where, r)
-            if r.status == 303:  # only the sign-in page sends the signed-in home
-                assert pattern in ("/login", "/sealed", "/unseal"), (where, r)
+            if r.status == 303:  # only these send the visitor home when all is well
+                assert pattern in ("/login", "/sealed", "/unseal", "/audit-integrity"), (where, r)
             elif "{" not in pattern or pattern == "/subjects/{id}":
                 assert r.status == 200, (where, r)
             else:  # made-up ids: the page exists and says so, or the record does not
