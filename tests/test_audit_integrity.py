@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from kura.core import audit
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
-from tests.support import Api, Response, activate, fresh_totp, my_numbers, provision
+from tests.support import Api, Response, first_da, fresh_totp, my_numbers, provision
 from tests.test_audit_tamper import RESTORE, SAVED, Scene, export, owner, superuser, verify
 
 HEAD_FILE = "audit/head.json"
@@ -42,10 +42,7 @@ def scene() -> Iterator[Scene]:
     app.extra_config = {"vault": {"checkpoint_seconds": 0.5, "integrity_sweep_seconds": 1.0}}
     try:
         app.start()
-        anon = Api(app.url, app.cert)
-        password = app.bootstrap_da("admin")
-        assert password
-        admin = activate(anon.sign_in("admin", password), password)
+        admin = first_da(app)
         users = {
             "DA": admin,
             "MU": provision(admin, "mu-integrity", "MU"),
