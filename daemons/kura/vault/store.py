@@ -243,6 +243,38 @@ class Tx:
         row = await self.one("SELECT hash FROM audit WHERE seq = %s", (seq,))
         return head, bytes(row["hash"]) if row else None
 
+    async def audit_link_breaks(self) -> frozenset[int]:
+        """The seqs whose entry does not follow the stored entry before it (a
+        deleted, moved or re-hashed neighbour), found by PostgreSQL without
+        sending the chain over: what the sweep compares between full scans."""
+        rows = await self.all(
+            "SELECT b.seq FROM audit b LEFT JOIN audit a ON a.seq = b.seq - 1"
+            " WHERE a.hash IS DISTINCT FROM b.prev_hash"
+            " AND (b.seq > 1 OR b.prev_hash <> %s) ORDER BY b.seq LIMIT 10000",
+            (audit.GENESIS,),
+        )
+        return frozenset(int(r["seq"]) for r in rows)
+
+    async def checkpoint_mismatches(self) -> frozenset[int]:
+        """The seqs of signed checkpoints whose entry is gone or holds another hash."""
+        rows = await self.all(
+            "SELECT c.seq FROM audit_checkpoints c LEFT JOIN audit a USING (seq)"
+            " WHERE a.hash IS DISTINCT FROM c.hash ORDER BY c.seq LIMIT 10000"
+        )
+        return frozenset(int(r["seq"]) for r in rows)
+
+    async def audit_range(self, first: int, last: int) -> list[audit.AuditEntry]:
+        rows = await self.all(
+            "SELECT * FROM audit WHERE seq BETWEEN %s AND %s ORDER BY seq", (first, last)
+        )
+        return [entry_from_row(r) for r in rows]
+
+    async def checkpoints_after(self, seq: int) -> list[audit.Checkpoint]:
+        rows = await self.all(
+            "SELECT * FROM audit_checkpoints WHERE seq > %s ORDER BY seq", (seq,)
+        )
+        return [_checkpoint_from_row(r) for r in rows]
+
     async def insert_export(self, cp: audit.Checkpoint, sha256: str, actor: str) -> None:
         await self.run(
             "INSERT INTO audit_exports (seq, hash, at, signature, public_key, sha256, actor)"
@@ -275,16 +307,7 @@ class Tx:
 
     async def checkpoints(self) -> list[audit.Checkpoint]:
         rows = await self.all("SELECT * FROM audit_checkpoints ORDER BY seq")
-        return [
-            audit.Checkpoint(
-                seq=int(r["seq"]),
-                hash=bytes(r["hash"]),
-                at=r["at"],
-                signature=bytes(r["signature"]),
-                public_key=bytes(r["public_key"]),
-            )
-            for r in rows
-        ]
+        return [_checkpoint_from_row(r) for r in rows]
 
     # --- keyring -------------------------------------------------------------
 
@@ -1202,6 +1225,16 @@ def _array_literal(items: tuple[str, ...]) -> str:
 def _like_prefix(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
+
+
+def _checkpoint_from_row(r: Row) -> audit.Checkpoint:
+    return audit.Checkpoint(
+        seq=int(r["seq"]),
+        hash=bytes(r["hash"]),
+        at=r["at"],
+        signature=bytes(r["signature"]),
+        public_key=bytes(r["public_key"]),
+    )
 
 
 def entry_from_row(r: Row) -> audit.AuditEntry:
