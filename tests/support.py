@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import pyotp
 
 from kura.core.numbers import corporate_check_digit, my_number_check_digit
+from kura.devserver import LocalAppliance
 
 
 def my_number(rng: random.Random) -> str:
@@ -265,6 +266,14 @@ def propose_and_approve(admin: Api, username: str, role: str,
     else:
         half_b = created["half_b"]
     return activate_account(admin, username, created["half_a"], half_b)
+
+
+def first_da(app: LocalAppliance, username: str = "admin") -> Api:
+    """The appliance's first DA, made as the first-boot wizard does, with its
+    own password and TOTP: what every test appliance starts from."""
+    password = app.bootstrap_da(username)
+    assert password
+    return activate(Api(app.url, app.cert).sign_in(username, password), password)
 
 
 def provision(admin: Api, username: str, role: str) -> Api:

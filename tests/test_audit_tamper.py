@@ -24,7 +24,7 @@ from kura.core import audit
 from kura.core.errors import CommandFailed
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
-from tests.support import Api, activate, hyphenated, my_numbers, provision
+from tests.support import Api, first_da, hyphenated, my_numbers, provision
 
 SAVED = ("audit", "audit_checkpoints")
 RESTORE = "TRUNCATE {0};\nINSERT INTO {0} TABLE saved_{0};\nDROP TABLE saved_{0};\n"
@@ -44,10 +44,7 @@ def scene() -> Iterator[Scene]:
     app = new_appliance("tamper")
     try:
         app.start()
-        anon = Api(app.url, app.cert)
-        password = app.bootstrap_da("admin")
-        assert password
-        admin = activate(anon.sign_in("admin", password), password)
+        admin = first_da(app)
         users = {
             "DA": admin,
             "MU": provision(admin, "mu-audit", "MU"),
@@ -69,8 +66,8 @@ def scene() -> Iterator[Scene]:
         assert mu.post("/payees", {"code": "AU-X", "name": "別人", "number": numbers[0]}
                        ).error_code == "duplicate_number"
         assert mu.post(f"/subjects/{sid}/reveal", {"purpose": "health_pension"}).status == 422
-        assert anon.post("/session", {"username": "mu-audit", "password": "Wrong-pass-123!"}
-                         ).status == 401
+        wrong = {"username": "mu-audit", "password": "Wrong-pass-123!"}
+        assert Api(app.url, app.cert).post("/session", wrong).status == 401
         yield Scene(app, users, numbers)
     finally:
         app.stop()

@@ -33,7 +33,7 @@ from kura.core.errors import CommandFailed
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
 from tests.policy_support import set_policy
-from tests.support import Api, activate, my_numbers, provision
+from tests.support import Api, first_da, my_numbers, provision
 
 pytestmark = pytest.mark.slow
 
@@ -131,9 +131,7 @@ def faulty() -> Iterator[Faulty]:
     appliance = new_appliance("faults")
     appliance.start()
     try:
-        password = appliance.bootstrap_da("admin")
-        assert password
-        admin = activate(Api(appliance.url, appliance.cert).sign_in("admin", password), password)
+        admin = first_da(appliance)
         mu, sa = provision(admin, "mu-faults", "MU"), provision(admin, "sa-faults", "SA")
         # The checks export every row at once, far over the default approval
         # threshold; raising it weakens the policy, so an MA approves.

@@ -12,7 +12,7 @@ import pytest
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
 from tests.policy_support import set_policy
-from tests.support import Api, activate, provision
+from tests.support import Api, first_da, provision
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,7 @@ def site() -> Iterator[tuple[LocalAppliance, dict[str, Api]]]:
     app = new_appliance("policy")
     app.start()
     try:
-        password = app.bootstrap_da("admin")
-        assert password
-        admin = activate(Api(app.url, app.cert).sign_in("admin", password), password)
+        admin = first_da(app)
         users = {"DA": admin, "SA": provision(admin, "sa-policy", "SA"),
                  "MU": provision(admin, "mu-policy", "MU"),
                  "MA": provision(admin, "ma-policy", "MA")}

@@ -20,7 +20,7 @@ import pytest
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
 from tests.policy_support import set_policy
-from tests.support import Api, activate, fresh_totp, provision
+from tests.support import Api, first_da, fresh_totp, provision
 
 
 @dataclass
@@ -38,9 +38,7 @@ def site() -> Iterator[Site]:
     app = new_appliance("policy-changes")
     app.start()
     try:
-        password = app.bootstrap_da("admin")
-        assert password
-        da = activate(Api(app.url, app.cert).sign_in("admin", password), password)
+        da = first_da(app)
         sa = provision(da, "sa-one", "SA")
         yield Site(app, da, sa, provision(da, "ma-one", "MA"), provision(da, "mu-one", "MU"),
                    policy(sa))

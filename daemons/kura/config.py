@@ -56,7 +56,8 @@ class VaultConfig:
     # chain's head is signed; a value here overrides it (tests, benchmarks).
     checkpoint_seconds: float | None = None
     checkpoint_entries: int = 1000
-    integrity_sweep_seconds: float = 60.0  # full re-verification of the chain
+    integrity_sweep_seconds: float = 60.0  # a sweep of the chain (vault.integrity)
+    integrity_sweep_window: int = 10_000  # older entries a sweep recomputes
     # Check before every append that the database still extends the trusted
     # head. Only the benchmark turns it off, to measure what it costs.
     audit_head_check: bool = True
@@ -119,6 +120,7 @@ def parse(
                 ),
                 checkpoint_entries=int(vault.get("checkpoint_entries", 1000)),
                 integrity_sweep_seconds=float(vault.get("integrity_sweep_seconds", 60)),
+                integrity_sweep_window=int(vault.get("integrity_sweep_window", 10_000)),
                 audit_head_check=bool(vault.get("audit_head_check", True)),
                 credentials_dir=Path(creds) if creds else None,
             ),

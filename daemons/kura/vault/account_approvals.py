@@ -194,15 +194,7 @@ class AccountApprovalOperations(VaultBase):
         async with self.store.transaction() as tx:
             await self._expire_proposals(tx)
         async with self.store.transaction() as tx:
-            p = await tx.account_proposal(args["id"], lock=True)
-            if p is None:
-                raise NotFound()
-            if p["state"] != "pending":
-                raise Conflict(
-                    f"the proposal is {p['state']}, no longer waiting",
-                    "この申請は既に処理済みか期限切れです。",
-                    state=p["state"],
-                )
+            p = await _pending_proposal(tx, args["id"])
             approvals.check_approver(s.username, s.role, p["proposer"], p["username"])
             user = await tx.user_by_name(p["username"], lock=True)
             role = Role(p["role"])
@@ -267,15 +259,7 @@ class AccountApprovalOperations(VaultBase):
         async with self.store.transaction() as tx:
             await self._expire_proposals(tx)
         async with self.store.transaction() as tx:
-            p = await tx.account_proposal(proposal_id, lock=True)
-            if p is None:
-                raise NotFound()
-            if p["state"] != "pending":
-                raise Conflict(
-                    f"the proposal is {p['state']}, no longer waiting",
-                    "この申請は既に処理済みか期限切れです。",
-                    state=p["state"],
-                )
+            p = await _pending_proposal(tx, proposal_id)
             if state == "rejected":
                 approvals.check_approver(s.username, s.role, p["proposer"], p["username"])
             elif p["proposer"] != s.username:
@@ -389,3 +373,17 @@ class AccountApprovalOperations(VaultBase):
                 actor=actor, role=str(role), action="user.activate", outcome=outcome,
                 client=caller.client, detail={"reason": reason},
             )
+
+
+async def _pending_proposal(tx: Tx, proposal_id: str) -> Row:
+    """The proposal, locked, if it still waits for a decision."""
+    p = await tx.account_proposal(proposal_id, lock=True)
+    if p is None:
+        raise NotFound()
+    if p["state"] != "pending":
+        raise Conflict(
+            f"the proposal is {p['state']}, no longer waiting",
+            "この申請は既に処理済みか期限切れです。",
+            state=p["state"],
+        )
+    return p

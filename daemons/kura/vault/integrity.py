@@ -8,8 +8,14 @@ and at shutdown. The database must always extend that head:
 - before every append (``Tx.append_audit``, in the same round trip as the
   chain lock) the row at the trusted seq must still hold the trusted hash;
 - at unseal the whole chain is verified, and must reach the head file;
-- every ``integrity_sweep_seconds`` the whole chain is verified again, so
-  changes in the middle are caught while running too.
+- every ``integrity_sweep_seconds`` the chain is swept again, so changes in
+  the middle are caught while running too. A sweep does not read the whole
+  chain: PostgreSQL finds where links break and which signed checkpoints no
+  longer match their entry, and the vault recomputes the hashes of the
+  entries written since the last sweep and of one window of older ones
+  (``integrity_sweep_window``), a window further each time; anything the last
+  full scan did not already know sends it to a full scan, which names the
+  faults (kura.core.audit.integrity, "The sweep between full scans").
 
 On a fault the vault writes an ``audit.integrity_fault`` entry naming every
 fault, chained from the trusted head (so removed entries stay a visible gap),
@@ -84,12 +90,18 @@ class Scan:
     recorded: list[tuple[audit.Fault, audit.Incident]]
     found: audit.ChainHead | None
     hashes: dict[int, bytes]
+    altered: frozenset[int]
 
 
 class IntegrityOperations(VaultBase):
     integrity: IntegrityState | None = None
     _integrity_lock: asyncio.Lock | None = None
     _last_sweep: float = 0.0
+    # Between full scans: what the last one knew, and how far the sweep got.
+    _baseline: audit.SweepBaseline | None = None
+    _sweep_cursor: int = 1
+    _swept_to: int = 0
+    _checked_checkpoint: int = 0
 
     # --- the head file -------------------------------------------------------
 
@@ -144,7 +156,7 @@ class IntegrityOperations(VaultBase):
             new, old = audit.split_recorded(faults, walk.incidents(covered))
             last = entries[-1] if entries else None
             found = audit.ChainHead(last.seq, last.hash) if last else None
-            return Scan(new, old, found, walk.hashes)
+            return Scan(new, old, found, walk.hashes, walk.altered)
 
         return await asyncio.to_thread(judge)
 
@@ -166,15 +178,64 @@ class IntegrityOperations(VaultBase):
         self.store.trusted = trusted or audit.GENESIS_HEAD
         if faults:
             await self.enter_fault(faults, self.store.trusted, result.found, keys, "start")
+        else:
+            await self._set_baseline(result)
 
     async def sweep(self) -> None:
-        """Verify the whole chain again; enter the integrity state on a new fault."""
+        """Sweep the chain (see the module's docstring); scan it whole when the
+        sweep sees anything new, and enter the integrity state on a new fault."""
         keys, trusted = self.keys, self.store.trusted
         if keys is None or trusted is None:
             return
+        if self._baseline is not None and not await self._sweep_finds_news(keys, trusted):
+            return
         result = await self.scan(keys, trusted)
         if result.new:
+            self._baseline = None
             await self.enter_fault(result.new, trusted, result.found, keys, "sweep")
+        else:
+            await self._set_baseline(result)
+
+    async def _set_baseline(self, result: Scan) -> None:
+        """After a full scan without new faults: what the sweep compares with."""
+        async with self.store.transaction() as tx:
+            breaks = await tx.audit_link_breaks()
+            mismatches = await tx.checkpoint_mismatches()
+            last_checkpoint = await tx.last_checkpoint()
+        self._baseline = audit.SweepBaseline(breaks, mismatches, result.altered)
+        self._swept_to = result.found.seq if result.found else 0
+        self._checked_checkpoint = int(last_checkpoint["seq"]) if last_checkpoint else 0
+
+    async def _sweep_finds_news(self, keys: KeyHierarchy, trusted: audit.ChainHead) -> bool:
+        """True if the chain shows anything the last full scan did not know."""
+        base = self._baseline
+        assert base is not None
+        async with self.store.transaction() as tx:
+            breaks = await tx.audit_link_breaks()
+            mismatches = await tx.checkpoint_mismatches()
+            head, at_trusted = await tx.audit_head_and(trusted.seq)
+            head_seq = int(head["seq"]) if head else 0
+            first, last, cursor = audit.sweep_range(
+                self._sweep_cursor, self.config.vault.integrity_sweep_window, head_seq
+            )
+            older = await tx.audit_range(first, last)
+            newer = await tx.audit_range(self._swept_to + 1, head_seq)
+            checkpoints = await tx.checkpoints_after(self._checked_checkpoint)
+        if breaks != base.link_breaks or mismatches != base.checkpoint_mismatches:
+            return True
+        if trusted.seq > 0 and (head_seq < trusted.seq or at_trusted != trusted.hash):
+            return True
+        public = audit.raw_public_key(keys.audit_public_key)
+        if any(cp.public_key != public or not audit.checkpoint_valid(cp) for cp in checkpoints):
+            return True
+        altered = await asyncio.to_thread(audit.newly_altered, [*older, *newer], base.altered)
+        if altered:
+            return True
+        self._sweep_cursor = cursor
+        self._swept_to = max(self._swept_to, head_seq)
+        if checkpoints:
+            self._checked_checkpoint = checkpoints[-1].seq
+        return False
 
     async def diverged(self, exc: ChainDiverged) -> None:
         """An append found the chain no longer extends the trusted head."""

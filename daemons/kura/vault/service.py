@@ -114,14 +114,7 @@ class Vault(
         if ring:
             # Before the first entry is chained: does the database still hold
             # the chain the vault signed, up to the head file's head?
-            try:
-                known = KeyHierarchy.unlock(root_key, ring, max(ring))
-            except KuraError as exc:
-                raise UnsealFailed(
-                    "the root key does not open this appliance's keyring",
-                    "ルート鍵がこのアプライアンスの鍵束と一致しません。",
-                ) from exc
-            await self.verify_at_start(known)
+            await self.verify_at_start(_unlock(root_key, ring))
         else:
             self.store.head_check = self.config.vault.audit_head_check
         async with self.store.transaction() as tx:
@@ -130,13 +123,7 @@ class Vault(
                 version, wrapped = bootstrap_keyring(root_key)
                 await tx.add_keyring_version(version, wrapped)
                 ring = {version: wrapped}
-            try:
-                keys = KeyHierarchy.unlock(root_key, ring, max(ring))
-            except KuraError as exc:
-                raise UnsealFailed(
-                    "the root key does not open this appliance's keyring",
-                    "ルート鍵がこのアプライアンスの鍵束と一致しません。",
-                ) from exc
+            keys = _unlock(root_key, ring)
             stored = await tx.setting("policy")
             if stored:
                 self.policy = accounts.SecurityPolicy.from_json(stored)
@@ -355,3 +342,15 @@ class Vault(
             session = replace(session, stored_seen=now)
         self.sessions[digest] = session
         return session
+
+
+def _unlock(root_key: bytes, ring: dict[int, bytes]) -> KeyHierarchy:
+    """The key hierarchy under ``root_key``, or UnsealFailed if it is not this
+    appliance's root key."""
+    try:
+        return KeyHierarchy.unlock(root_key, ring, max(ring))
+    except KuraError as exc:
+        raise UnsealFailed(
+            "the root key does not open this appliance's keyring",
+            "ルート鍵がこのアプライアンスの鍵束と一致しません。",
+        ) from exc

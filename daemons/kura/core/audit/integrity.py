@@ -484,3 +484,43 @@ def parse_head(data: bytes) -> TrustedHead:
         )
     except (KeyError, TypeError, UnicodeDecodeError, AttributeError) as e:
         raise ValueError(f"not an audit head file: {e}") from None
+
+
+# --------------------------------------------------------------------------
+# The sweep between full scans
+#
+# A full scan reads every entry and recomputes its hash: right at unseal,
+# too much every minute for a chain that grows for years. Between full scans
+# the sweep compares what PostgreSQL can check by itself without sending the
+# chain over (where links break, which signed checkpoints no longer match
+# their entry) with what the last full scan saw, and recomputes the hashes of
+# the entries written since the last sweep and of one window of older ones,
+# moving on a window at a time so that every entry is recomputed in turn.
+# Anything new sends the vault to a full scan, which names the faults.
+
+
+@dataclass(frozen=True)
+class SweepBaseline:
+    """What the last full scan found that is history (recorded incidents): the
+    link breaks, checkpoint mismatches and altered entries already known."""
+
+    link_breaks: frozenset[int]
+    checkpoint_mismatches: frozenset[int]
+    altered: frozenset[int]
+
+
+def sweep_range(cursor: int, window: int, head_seq: int) -> tuple[int, int, int]:
+    """(first, last, next cursor): the window of older entries this sweep
+    recomputes, starting at ``cursor`` and wrapping to the chain's start."""
+    if window < 1:
+        raise ValueError("the sweep window must hold at least one entry")
+    first = cursor if 1 <= cursor <= head_seq else 1
+    last = min(first + window - 1, head_seq)
+    following = last + 1 if last < head_seq else 1
+    return first, last, following
+
+
+def newly_altered(entries: Iterable[AuditEntry], known: frozenset[int]) -> list[int]:
+    """The seqs among ``entries`` whose content no longer matches their own
+    hash, leaving out those ``known`` from the last full scan."""
+    return [e.seq for e in entries if e.seq not in known and not _self_ok(e)]
