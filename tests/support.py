@@ -304,6 +304,28 @@ def provision(admin: Api, username: str, role: str) -> Api:
     return holder
 
 
+def signed_in(api: Api) -> Api:
+    """``api`` with a live session: signed in again (the same object) if its
+    session idled out while other modules ran."""
+    if api.get("/session").status == 401 and api.password:
+        again = api.sign_in(api.username, api.password, api.totp_secret)
+        api.token = again.token
+    return api
+
+
+def keep_one_sa(da: Api, keep: str) -> None:
+    """Disable every active SA but ``keep`` (a DA may disable alone): where the
+    appliance has one SA, its MA is the second person for a weakening of the
+    policy, which the tests on the shared appliance rely on."""
+    da = signed_in(da)
+    r = da.get("/users")
+    assert r.status == 200, (r.status, r.body[:300])
+    for user in r.json["users"]:
+        if user["role"] == "SA" and not user["disabled"] and user["username"] != keep:
+            done = da.patch(f"/users/{user['username']}", {"disabled": True})
+            assert done.status == 200, (done.status, done.body[:300])
+
+
 def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (30, 80, 160)) -> bytes:
     """A real PNG of one colour (browsers show it)."""
 

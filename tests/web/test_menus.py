@@ -23,7 +23,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from kura.devserver import LocalAppliance
-from tests.support import Api, provision
+from tests.support import Api, keep_one_sa, provision
 from tests.web.conftest import session_cookie
 
 HOME = ("/", "ホーム")
@@ -61,9 +61,11 @@ NUMBER_PAGES = {SEARCH[0], EXPORTS[0], PAYEE[0], IMPORT[0], REQUESTS[0]}
 
 
 @pytest.fixture(scope="module")
-def menu_users(admin: Api) -> dict[str, Api]:
-    """An account per role of this module's own (in Japanese, the default)."""
-    return {role: provision(admin, f"menus-{role.lower()}", role) for role in MENUS}
+def menu_users(admin: Api, users: dict[str, Api]) -> Iterator[dict[str, Api]]:
+    """An account per role of this module's own (in Japanese, the default).
+    Its SA is disabled afterwards: the shared appliance keeps one SA."""
+    yield {role: provision(admin, f"menus-{role.lower()}", role) for role in MENUS}
+    keep_one_sa(admin, users["SA"].username)
 
 
 @pytest.fixture

@@ -8,14 +8,33 @@ else; the SA's home page then shows the first sign-in, and the ledger's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.support import Api, fresh_totp
 
+RATE_LIMITED = "ログイン試行が多すぎます"
+
 USERNAME = "web-two-person-mu"
 PASSWORD = "Holder-Own-Pass!2026"
+
+
+def sign_in_through_the_form(page: Page, username: str, password: str) -> None:
+    """Sign in on the page as a person does. The console allows ten sign-ins a
+    minute from one address, and every browser test signs in from 127.0.0.1:
+    when the modules before this one used them up, wait the minute the page
+    asks for, as a person would, and sign in again."""
+    for _ in range(2):
+        page.fill("#username", username)
+        page.fill("#password", password)
+        page.click("button[type=submit].primary")
+        page.wait_for_load_state()
+        if RATE_LIMITED not in page.content():
+            return
+        time.sleep(61)
+    raise AssertionError("still rate-limited after waiting a minute")
 
 
 def test_da_proposes_sa_approves_holder_activates_and_enrols_totp(
@@ -71,9 +90,7 @@ def test_da_proposes_sa_approves_holder_activates_and_enrols_totp(
     holder.click("#activate")
     expect(holder).to_have_url(base_url + "/login")
     expect(holder.locator(".flash")).to_contain_text("有効になりました")
-    holder.fill("#username", USERNAME)
-    holder.fill("#password", PASSWORD)
-    holder.click("button[type=submit].primary")
+    sign_in_through_the_form(holder, USERNAME, PASSWORD)
     # A second factor first: every other page sends the holder back here.
     expect(holder).to_have_url(base_url + "/account/totp")
     holder.goto(base_url + "/search")

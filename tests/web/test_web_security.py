@@ -50,7 +50,7 @@ from kura.console.web.menu import MENU
 from kura.core.audit import looks_like_my_number
 from kura.devserver import LocalAppliance
 from tests.policy_support import set_policy
-from tests.support import Api, hyphenated, my_number, propose_and_approve, provision
+from tests.support import Api, hyphenated, my_number, propose_and_approve, provision, signed_in
 from tests.web.conftest import session_cookie
 
 ROLES = ("MU", "MA", "SA", "DA")
@@ -862,7 +862,10 @@ def test_idle_session_ends_with_a_notice(
     the session in the vault, the page's own timer sends the browser to the
     sign-in page, and the user is told why. (About 65 s: the policy's
     shortest idle time is a minute, and the vault counts real time.)"""
-    sa = users["SA"]
+    # The shared SA and MA may have idled out while other modules ran; both
+    # must be signed in to put the policy back (the MA approves the weakening).
+    sa = signed_in(users["SA"])
+    signed_in(users["MA"])
     before = sa.get("/policy")
     assert before.status == 200, before.body[:300]
     original = before.json["policy"]["session_idle_minutes"]
