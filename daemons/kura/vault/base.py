@@ -207,3 +207,17 @@ def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def decision_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What every two-person proposal shows (a disposal batch, a policy
+    change): who proposed it when, who decided it when, and why."""
+    return {
+        "id": str(row["id"]),
+        "state": row["state"],
+        "proposed_by": row["proposed_by"],
+        "proposed_at": row["proposed_at"].isoformat(),
+        "decided_by": row["decided_by"],
+        "decided_at": row["decided_at"].isoformat() if row["decided_at"] else None,
+        "reason": row["reason"],
+    }

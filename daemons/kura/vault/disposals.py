@@ -23,7 +23,7 @@ from typing import Any
 from kura.core import disposal
 from kura.core.disposal import RetentionRule, Rules
 from kura.core.errors import BadRequest, NotFound
-from kura.vault.base import Caller, VaultBase, jsonable, operation, record
+from kura.vault.base import Caller, VaultBase, decision_json, jsonable, operation, record
 from kura.vault.store import Row, Tx
 
 
@@ -333,13 +333,7 @@ def _uuids(values: Iterable[str], field: str) -> list[str]:
 
 def _batch_json(row: Row) -> dict[str, Any]:
     return {
-        "id": str(row["id"]),
-        "state": row["state"],
-        "proposed_by": row["proposed_by"],
-        "proposed_at": row["proposed_at"].isoformat(),
-        "decided_by": row["decided_by"],
-        "decided_at": row["decided_at"].isoformat() if row["decided_at"] else None,
-        "reason": row["reason"],
+        **decision_json(row),
         "subject_count": row["subject_count"],
         # jsonb keeps keys in its own order: give them in the kinds' order.
         "counts": {k: row["counts"][k] for k in disposal.RECORD_KINDS if k in row["counts"]},

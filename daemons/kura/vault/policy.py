@@ -26,7 +26,7 @@ from typing import Any
 from kura.core import accounts, policychange
 from kura.core.errors import NotFound, PermissionDenied
 from kura.core.policychange import NotEligibleApprover, PolicyChangeNotPending
-from kura.vault.base import Caller, VaultBase, operation, record
+from kura.vault.base import Caller, VaultBase, decision_json, operation, record
 from kura.vault.store import Row, Tx
 
 
@@ -43,16 +43,7 @@ class PolicyOperations(VaultBase):
         else:
             base = accounts.SecurityPolicy.from_json(row["base"])
             fields = policychange.describe(base, row["changes"])
-        return {
-            "id": str(row["id"]),
-            "state": row["state"],
-            "proposed_by": row["proposed_by"],
-            "proposed_at": row["proposed_at"].isoformat(),
-            "decided_by": row["decided_by"],
-            "decided_at": row["decided_at"].isoformat() if row["decided_at"] else None,
-            "reason": row["reason"],
-            "fields": [f.to_json() for f in fields],
-        }
+        return {**decision_json(row), "fields": [f.to_json() for f in fields]}
 
     # --- reading ------------------------------------------------------------------
 
