@@ -221,7 +221,7 @@ class Node:
         environment = {
             "PATH": f"{PG_BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": "/var/lib/postgresql" if user == "postgres" else "/root",
-            "PGPASSFILE": PGPASS, "LANG": "C.UTF-8", "PYTHONPATH": "/opt/kura/daemons",
+            "PGPASSFILE": PGPASS, "PGHOST": "/run/postgresql", "LANG": "C.UTF-8", "PYTHONPATH": "/opt/kura/daemons",
             **(env or {}),
         }
         as_user = ([] if user == "root" else
@@ -230,9 +230,9 @@ class Node:
                 "env", "-i", *(f"{k}={v}" for k, v in environment.items()), *command]
 
     def run(self, command: list[str], user: str = "postgres", check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(self.argv(command, user), capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, input=input)
         if check and result.returncode:
             raise RuntimeError(f"{self.name}: {' '.join(command)} failed "
                                f"({result.returncode}): {result.stderr.strip()[-2000:]}")
@@ -240,9 +240,10 @@ class Node:
 
     def psql(self, sql: str, dbname: str = "postgres", timeout: float = 10,
              check: bool = True) -> str:
-        """SQL over the node's own Unix socket, as the postgres user (not over the net)."""
-        result = self.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", dbname,
-                           "-c", sql], timeout=timeout, check=check)
+        """SQL over the node's own Unix socket, as the postgres user (not over the net);
+        on stdin, so that a password in it never shows in a process list."""
+        result = self.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", dbname],
+                          timeout=timeout, check=check, input=sql)
         return result.stdout.strip()
 
     def autoctl(self, *args: str, timeout: float = 300) -> str:
@@ -482,8 +483,8 @@ class Lab:
                 node.autoctl("config", "set", "--pgdata", PGDATA, setting, value)
             node.add_service("pg_autoctl", ["pg_autoctl", "run", "--pgdata", PGDATA])
             if name == "node-a":
-                self._wait(lambda: self.states().get("node-a") == ("single", "single"), 90,
-                           "node-a single")
+                self._wait(lambda: self.states().get("node-a") == ("single", "single")
+                           and node.psql("SELECT 1", check=False) == "1", 90, "node-a single")
                 self._prepare_primary(node)
         self.wait_stable(120)
         self.timings["formation"] = time.monotonic() - began
