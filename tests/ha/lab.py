@@ -221,7 +221,8 @@ class Node:
         environment = {
             "PATH": f"{PG_BIN}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": "/var/lib/postgresql" if user == "postgres" else "/root",
-            "PGPASSFILE": PGPASS, "PGHOST": "/run/postgresql", "LANG": "C.UTF-8", "PYTHONPATH": "/opt/kura/daemons",
+            "PGPASSFILE": PGPASS, "PGHOST": "/run/postgresql", "LANG": "C.UTF-8",
+            "PYTHONPATH": "/opt/kura/daemons",
             **(env or {}),
         }
         as_user = ([] if user == "root" else
@@ -483,8 +484,8 @@ class Lab:
                 node.autoctl("config", "set", "--pgdata", PGDATA, setting, value)
             node.add_service("pg_autoctl", ["pg_autoctl", "run", "--pgdata", PGDATA])
             if name == "node-a":
-                self._wait(lambda: self.states().get("node-a") == ("single", "single")
-                           and node.psql("SELECT 1", check=False) == "1", 90, "node-a single")
+                self._wait(lambda first=node: self.states().get("node-a") == ("single", "single")
+                           and first.psql("SELECT 1", check=False) == "1", 90, "node-a single")
                 self._prepare_primary(node)
         self.wait_stable(120)
         self.timings["formation"] = time.monotonic() - began

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -39,11 +40,12 @@ class Target:
 
     async def connect(self) -> psycopg.AsyncConnection[tuple[object, ...]]:
         if self.conn is None or self.conn.closed:
-            self.conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                 host=self.host, port=5432, dbname="postgres", user="kura_lab",
                 sslmode="verify-full", sslrootcert=self.ca, connect_timeout=1,
                 autocommit=True), CONNECT_TIMEOUT + 0.5)
-            self.conn.add_notice_handler(self._notice)
+            conn.add_notice_handler(self._notice)
+            self.conn = conn
         return self.conn
 
     def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
@@ -57,17 +59,15 @@ class Target:
             self.warned = False
             await asyncio.wait_for(conn.execute(sql, params), COMMIT_TIMEOUT)
             return not self.warned
-        except (psycopg.Error, OSError, asyncio.TimeoutError):
+        except (psycopg.Error, OSError, TimeoutError):
             await self.drop()
             return False
 
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 await asyncio.wait_for(conn.close(), 0.5)
-            except (psycopg.Error, OSError, asyncio.TimeoutError):
-                pass
 
 
 def emit(line: str) -> None:
@@ -118,10 +118,8 @@ def main() -> None:
     targets = [Target(host, args.ca) for host in args.targets]
     job = (writer(targets, args.start_id, args.pause) if args.mode == "writer"
            else probe(targets, 0.25))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(job)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
