@@ -77,3 +77,26 @@ def test_the_api_page_names_exactly_the_roles_that_may_call_each_route() -> None
     problems += [f"docs/api.md: remove the row of {key} (no such route)"
                  for key in rows if key not in routes]
     assert problems == [], "\n".join(problems)
+
+
+def test_the_ha_page_states_every_timer_the_formation_changes() -> None:
+    # docs/ha.md's table of pg_auto_failover's timers is what an operator reads
+    # to know how the pair behaves; it must say what kura.core.formation applies.
+    from kura.core.formation import TIMERS
+
+    text = (TOP / "docs" / "ha.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = (cells[2], cells[3])
+    for group in TIMERS.values():
+        for name, timer in group.items():
+            assert name in rows, f"docs/ha.md does not list {name}"
+            ours, default = rows[name]
+            digits = "".join(ch for ch in ours if ch.isdigit())
+            assert digits == "".join(ch for ch in timer.value if ch.isdigit()), (name, ours)
+            assert "".join(ch for ch in default if ch.isdigit()) == "".join(
+                ch for ch in timer.default if ch.isdigit()), (name, default)
+    listed = {n for n in rows if "." in n or n.endswith("_timeout")}
+    assert listed <= {n for g in TIMERS.values() for n in g}, listed
