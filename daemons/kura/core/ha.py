@@ -237,6 +237,7 @@ class Status:
     vip_held: bool
     degraded: bool  # running without a synchronous standby, or fenced
     witness_reachable: bool
+    standby_streaming: bool
     sync_standby: bool
     goal: str | None
     reported: str | None
@@ -284,6 +285,7 @@ def decide(obs: Observation, fence_seconds: float, was_fenced: bool = False) -> 
             vip_held=rule.vip is Vip.HOLD,
             degraded=degraded,
             witness_reachable=f.monitor is Monitor.UP,
+            standby_streaming=obs.standby_streaming,
             sync_standby=obs.sync_standby,
             goal=obs.goal,
             reported=obs.reported,
@@ -312,4 +314,5 @@ def step(
 
 def _told(s: Status) -> tuple[object, ...]:
     """What the vault hears about: not the rule name or the raw states."""
-    return (s.role, s.vip_held, s.degraded, s.witness_reachable, s.sync_standby)
+    return (s.role, s.vip_held, s.degraded, s.witness_reachable, s.standby_streaming,
+            s.sync_standby)
