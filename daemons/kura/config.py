@@ -103,7 +103,9 @@ class HaConfig:
     fence_seconds: float = 20.0
     poll_seconds: float = 2.0  # the safety poll of the monitor between notifications
     arping: str = "arping"  # iputils-arping; a bare name is looked up on PATH
-    status_file: Path | None = None  # where the role is written for the vault (JSON)
+    # Where the role is written for the vault (JSON); default
+    # $RUNTIME_DIRECTORY/status.json, i.e. /run/kura-hasync/status.json.
+    status_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def parse(
                 max_upload_bytes=int(console.get("max_upload_bytes", 10 << 20)),
                 webui=Path(console["webui"]) if "webui" in console else None,
             ),
-            ha=parse_ha(_section(raw, "ha")) if "ha" in raw else None,
+            ha=parse_ha(_section(raw, "ha"), env) if "ha" in raw else None,
             path=path,
         )
     except KeyError as exc:
@@ -192,7 +194,15 @@ def _pg_autoctl_settings(path: Path) -> dict[str, str]:
     return {key: section[key] for key in ("monitor", "name", "formation") if key in section}
 
 
-def parse_ha(ha: dict[str, Any]) -> HaConfig:
+def _status_file(ha: dict[str, Any], env: dict[str, str]) -> Path | None:
+    """Explicit, else in the unit's RuntimeDirectory= ($RUNTIME_DIRECTORY)."""
+    if "status_file" in ha:
+        return Path(str(ha["status_file"]))
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / "status.json" if runtime else None
+
+
+def parse_ha(ha: dict[str, Any], env: dict[str, str] | None = None) -> HaConfig:
     keeper: dict[str, str] = {}
     if "pg_autoctl_config" in ha:
         keeper = _pg_autoctl_settings(Path(str(ha["pg_autoctl_config"])))
@@ -226,7 +236,7 @@ def parse_ha(ha: dict[str, Any]) -> HaConfig:
         fence_seconds=fence,
         poll_seconds=poll,
         arping=str(ha.get("arping", "arping")),
-        status_file=Path(str(ha["status_file"])) if "status_file" in ha else None,
+        status_file=_status_file(ha, env or {}),
     )
 
 
