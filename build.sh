@@ -46,6 +46,7 @@ USAGE
 
 # Debian packages the product and its tests need on the host.
 apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl git
+              iproute2 iputils-ping iputils-arping  # kura-hasync and its namespace tests
               chromium fonts-noto-cjk)  # the web console's tests drive a real Chromium
 # ... and what builds and boots the image.
 image_packages=(mmdebstrap debian-archive-keyring e2fsprogs dosfstools mtools fdisk zstd

@@ -16,10 +16,18 @@ into frozen objects. Nothing deeper in the code reads the environment.
     cert = "/etc/kura/tls/cert.pem"
     key = "/etc/kura/tls/key.pem"
     webui = "/usr/share/kura/webui"   # optional: the console's templates and catalogs
+    [ha]                       # optional: absent on a single appliance (see HaConfig)
+    node = "node_a"
+    vip = "192.0.2.10/24"
+    interface = "eth0"
+    local_dsn = "host=/run/postgresql dbname=postgres user=kura_hasync"
+    monitor = "postgres://autoctl_node@witness:5432/pg_auto_failover"  # or pg_autoctl_config
 """
 
 from __future__ import annotations
 
+import configparser
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -78,11 +86,35 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """kura-hasync's settings, the ``[ha]`` section. ``monitor``, ``node`` and
+    ``formation`` may instead be read from the keeper's own pg_autoctl.cfg
+    (``pg_autoctl_config``); explicit keys win."""
+
+    node: str  # this node's name at the monitor (pg_autoctl --name)
+    monitor: str  # the monitor's connection string (pg_autoctl.cfg [pg_autoctl] monitor)
+    local_dsn: str  # this node's PostgreSQL; the role needs pg_monitor (pg_stat_replication)
+    vip: ipaddress.IPv4Interface  # the floating address with its prefix
+    interface: str
+    formation: str = "default"
+    # Seconds without the monitor and without a streaming standby before a
+    # primary fences itself (drops the VIP): set it to the keeper's
+    # timeout.network_partition_timeout, or lower.
+    fence_seconds: float = 20.0
+    poll_seconds: float = 2.0  # the safety poll of the monitor between notifications
+    arping: str = "arping"  # iputils-arping; a bare name is looked up on PATH
+    # Where the role is written for the vault (JSON); default
+    # $RUNTIME_DIRECTORY/status.json, i.e. /run/kura-hasync/status.json.
+    status_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     appliance: str
     database: DatabaseConfig
     vault: VaultConfig
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    ha: HaConfig | None = None
     path: Path | None = None
 
 
@@ -135,12 +167,77 @@ def parse(
                 max_upload_bytes=int(console.get("max_upload_bytes", 10 << 20)),
                 webui=Path(console["webui"]) if "webui" in console else None,
             ),
+            ha=parse_ha(_section(raw, "ha"), env) if "ha" in raw else None,
             path=path,
         )
     except KeyError as exc:
         raise ConfigError(f"missing setting {exc}", f"設定 {exc} がありません。") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad setting: {exc}", f"設定の値が正しくありません: {exc}") from exc
+
+
+def _pg_autoctl_settings(path: Path) -> dict[str, str]:
+    """monitor, name and formation from a keeper's pg_autoctl.cfg (INI)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open() as f:
+            parser.read_file(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                          f"{path} を読めません: {exc.strerror}") from exc
+    except configparser.Error as exc:
+        raise ConfigError(f"{path} is not a pg_autoctl configuration",
+                          f"{path} は pg_autoctl の設定ではありません。") from exc
+    if not parser.has_section("pg_autoctl"):
+        return {}
+    section = parser["pg_autoctl"]
+    return {key: section[key] for key in ("monitor", "name", "formation") if key in section}
+
+
+def _status_file(ha: dict[str, Any], env: dict[str, str]) -> Path | None:
+    """Explicit, else in the unit's RuntimeDirectory= ($RUNTIME_DIRECTORY)."""
+    if "status_file" in ha:
+        return Path(str(ha["status_file"]))
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / "status.json" if runtime else None
+
+
+def parse_ha(ha: dict[str, Any], env: dict[str, str] | None = None) -> HaConfig:
+    keeper: dict[str, str] = {}
+    if "pg_autoctl_config" in ha:
+        keeper = _pg_autoctl_settings(Path(str(ha["pg_autoctl_config"])))
+    node = str(ha.get("node", keeper.get("name", "")))
+    monitor = str(ha.get("monitor", keeper.get("monitor", "")))
+    if not node or not monitor:
+        raise ConfigError(
+            "[ha] needs node and monitor (or pg_autoctl_config naming them)",
+            "[ha] には node と monitor（またはそれを含む pg_autoctl_config）が必要です。",
+        )
+    try:
+        vip = ipaddress.ip_interface(str(ha["vip"]))
+    except ValueError as exc:
+        raise ConfigError(f"[ha] vip: {exc}", f"[ha] vip が正しくありません: {exc}") from exc
+    if not isinstance(vip, ipaddress.IPv4Interface) or "/" not in str(ha["vip"]):
+        raise ConfigError(
+            "[ha] vip must be an IPv4 address with its prefix, e.g. 192.0.2.10/24",
+            "[ha] vip は接頭辞長付きの IPv4 アドレスで指定してください（例 192.0.2.10/24）。",
+        )
+    fence, poll = float(ha.get("fence_seconds", 20)), float(ha.get("poll_seconds", 2))
+    if fence <= 0 or poll <= 0:
+        raise ConfigError("[ha] fence_seconds and poll_seconds must be positive",
+                          "[ha] fence_seconds と poll_seconds は正の数にしてください。")
+    return HaConfig(
+        node=node,
+        monitor=monitor,
+        local_dsn=str(ha["local_dsn"]),
+        vip=vip,
+        interface=str(ha["interface"]),
+        formation=str(ha.get("formation", keeper.get("formation", "default"))),
+        fence_seconds=fence,
+        poll_seconds=poll,
+        arping=str(ha.get("arping", "arping")),
+        status_file=_status_file(ha, env or {}),
+    )
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
