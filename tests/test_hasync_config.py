@@ -36,7 +36,7 @@ def test_ha_section() -> None:
     assert ha is not None
     assert ha.vip == ipaddress.IPv4Interface("192.0.2.10/24")
     assert (ha.node, ha.formation, ha.fence_seconds, ha.poll_seconds) == (
-        "node_a", "default", 20.0, 2.0)
+        "node_a", "default", 3.0, 2.0)
     assert ha.status_file == Path("/run/kura-hasync/status.json")
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kura.core.errors import KuraError
+from kura.core.formation import FENCE_SECONDS
 
 
 class ConfigError(KuraError):
@@ -99,8 +100,8 @@ class HaConfig:
     formation: str = "default"
     # Seconds without the monitor and without a streaming standby before a
     # primary fences itself (drops the VIP): set it to the keeper's
-    # timeout.network_partition_timeout, or lower.
-    fence_seconds: float = 20.0
+    # timeout.network_partition_timeout (kura.core.formation), or lower.
+    fence_seconds: float = FENCE_SECONDS
     poll_seconds: float = 2.0  # the safety poll of the monitor between notifications
     arping: str = "arping"  # iputils-arping; a bare name is looked up on PATH
     # Where the role is written for the vault (JSON); default
@@ -222,7 +223,7 @@ def parse_ha(ha: dict[str, Any], env: dict[str, str] | None = None) -> HaConfig:
             "[ha] vip must be an IPv4 address with its prefix, e.g. 192.0.2.10/24",
             "[ha] vip は接頭辞長付きの IPv4 アドレスで指定してください（例 192.0.2.10/24）。",
         )
-    fence, poll = float(ha.get("fence_seconds", 20)), float(ha.get("poll_seconds", 2))
+    fence, poll = float(ha.get("fence_seconds", FENCE_SECONDS)), float(ha.get("poll_seconds", 2))
     if fence <= 0 or poll <= 0:
         raise ConfigError("[ha] fence_seconds and poll_seconds must be positive",
                           "[ha] fence_seconds と poll_seconds は正の数にしてください。")

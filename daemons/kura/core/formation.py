@@ -132,3 +132,8 @@ def primary_settings_sql() -> str:
     """Run on the first primary as a superuser, before the standby is made."""
     return "".join(f"ALTER SYSTEM SET {guc} = '{timer.value}';"
                    for guc, timer in TIMERS["postgresql"].items()) + "SELECT pg_reload_conf();"
+
+
+# kura-hasync drops the floating address after this long without the monitor and
+# without a streaming standby: no later than the keeper stops PostgreSQL.
+FENCE_SECONDS = float(TIMERS["keeper"]["timeout.network_partition_timeout"].value)
