@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import pyotp
@@ -86,6 +86,8 @@ class Api:
     # False for an appliance reached through a forwarded port: its certificate
     # names the appliance, not 127.0.0.1; the caller pins the certificate instead.
     check_hostname: bool = True
+    # Seconds a request may take; a client of the HA pair gives up much sooner.
+    timeout: ClassVar[float] = 120.0
 
     def _connection(self) -> http.client.HTTPSConnection:
         context = ssl.create_default_context(cafile=str(self.cafile))
@@ -93,7 +95,7 @@ class Api:
         parts = urlsplit(self.base)
         assert parts.hostname and parts.port
         return http.client.HTTPSConnection(parts.hostname, parts.port, context=context,
-                                           timeout=120)
+                                           timeout=self.timeout)
 
     def request(
         self, method: str, path: str, json_body: Any = None, *, body: bytes | None = None,
