@@ -3,6 +3,8 @@
 kura check-number [--corporate]     numbers from standard input, one per line
 kura db migrate                     apply schema migrations
 kura vault init --seal MODE         make the root key and seal it
+kura ha offer --address ADDR        on a new standby: a pairing offer and its code
+kura ha accept ENVELOPE             on that standby: take the root key from the primary
 kura audit export -o FILE           download a verifiable audit bundle
 kura audit verify FILE [--after OLD]  check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
@@ -90,6 +92,69 @@ def cmd_vault_init(args: argparse.Namespace) -> int:
             f"any {args.threshold} of these {len(shares)} shares unseal the vault; "
             "they are shown only now"
         )
+    return 0
+
+
+def cmd_ha_offer(args: argparse.Namespace) -> int:
+    """The standby's first half: the offer the primary fetches, and the code
+    the DA reads here and types on the primary (see kura.core.pairing)."""
+    import json
+    from datetime import UTC, datetime
+
+    from kura import config
+    from kura.core import pairing as core_pairing
+    from kura.vault import pairing, sealing
+
+    cfg = config.load(args.config)
+    keys_dir = cfg.vault.keys_dir
+    if sealing.read_seal(keys_dir) is not None:
+        print(f"kura ha offer: {keys_dir} is already sealed: this appliance has its root key",
+              file=sys.stderr)
+        return 1
+    now = datetime.now(UTC)
+    pending = None if args.new else pairing.pending_offer(keys_dir, now)
+    if pending is None:
+        pending = core_pairing.make_offer(args.name or cfg.appliance, args.address, now)
+        pairing.save_offer(keys_dir, pending)
+    offer = json.dumps(pending.offer.to_json(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(offer, encoding="utf-8")
+    print(f"pairing code / ペアリングコード:  {core_pairing.format_code(pending.code)}")
+    print(f"standby {pending.offer.appliance} at {pending.offer.address}, "
+          f"offer {pending.offer.fingerprint}, "
+          f"valid until {pending.offer.expires.isoformat(timespec='seconds')}")
+    print("type this code on the primary's pairing page; do not send it over the network")
+    if not args.output:
+        print(offer, end="")
+    return 0
+
+
+def cmd_ha_accept(args: argparse.Namespace) -> int:
+    """The standby's second half: open the envelope and seal the root key."""
+    import json
+    from datetime import UTC, datetime
+
+    from kura import config
+    from kura.vault import pairing
+
+    cfg = config.load(args.config)
+    source = sys.stdin if args.envelope == "-" else None
+    try:
+        text = source.read() if source else Path(args.envelope).read_text(encoding="utf-8")
+        body = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise KuraError(
+            f"cannot read the envelope {args.envelope}: {type(exc).__name__}",
+            f"封筒 {args.envelope} を読めません。",
+        ) from None
+    params = pairing.accept(cfg.vault.keys_dir, body, datetime.now(UTC), seal_mode=args.seal,
+                            with_key=args.with_key)
+    mode = args.seal or params.seal_mode
+    print(f"paired with {params.primary}: root key sealed with {mode} in {cfg.vault.keys_dir}")
+    if mode == "shamir":
+        print("the primary's custodians unseal this standby with the shares they already hold")
+    paired = cfg.vault.keys_dir / pairing.PAIRED_FILE
+    print(f"pairing parameters (monitor, CA certificate): {paired}")
     return 0
 
 
@@ -292,6 +357,37 @@ def parser() -> argparse.ArgumentParser:
         help="with --seal creds: also make M-of-N recovery shares",
     )
     i.set_defaults(func=cmd_vault_init)
+
+    ha = sub.add_parser("ha", help="the HA pair").add_subparsers(dest="ha", required=True)
+    o = ha.add_parser(
+        "offer",
+        help="on a new standby: make a pairing offer and show its code",
+        description="Make this standby's pairing offer (valid 15 minutes) and show the "
+        "pairing code. The offer goes to the primary (it is not secret); the code does "
+        "not: the DA reads it here and types it on the primary. Run again to show the "
+        "same offer, or with --new to replace it.",
+    )
+    o.add_argument("--config")
+    o.add_argument("--address", required=True, help="this standby's address, as the primary "
+                   "reaches it")
+    o.add_argument("--name", help="this standby's appliance name (default: from the config)")
+    o.add_argument("-o", "--output", help="write the offer (JSON) here instead of printing it")
+    o.add_argument("--new", action="store_true", help="replace a pending offer")
+    o.set_defaults(func=cmd_ha_offer)
+    a = ha.add_parser(
+        "accept",
+        help="on that standby: open the primary's envelope and seal the root key",
+        description="Open the envelope the primary made for this standby's offer, check "
+        "the root key and seal it: by default as the primary is sealed (custodian shares: "
+        "the same shares; creds: this appliance's own TPM or host key). Three refused "
+        "envelopes spend the offer.",
+    )
+    a.add_argument("--config")
+    a.add_argument("envelope", help="the envelope file (JSON), or - for standard input")
+    a.add_argument("--seal", choices=["shamir", "creds", "host"],
+                   help="seal differently from the primary")
+    a.add_argument("--with-key", default="auto", help="systemd-creds key: auto, tpm2, host")
+    a.set_defaults(func=cmd_ha_accept)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True

@@ -234,3 +234,50 @@ class AuditBundleMalformed(KuraError):
     status = 422
     ja = "監査ログのバンドルの形式が正しくありません。"
     en = "The audit bundle is malformed."
+
+
+class PairingCodeMismatch(KuraError):
+    """The pairing code typed on the primary is not a code the standby can
+    have shown: a digit was mistyped (its two check digits do not agree)."""
+
+    code = "pairing_code_mismatch"
+    status = 422
+    ja = "ペアリングコードが一致しません。スタンバイ機の画面に表示されたコードを確認してください。"
+    en = "The pairing code does not match: check the code shown on the standby's screen."
+
+
+class PairingOfferExpired(KuraError):
+    """The standby's pairing offer is past its expiry, or has already been
+    used: the standby must make a new one."""
+
+    code = "pairing_offer_expired"
+    status = 410
+    ja = "ペアリングの申し出は期限切れか使用済みです。スタンバイ機で新しく作成してください。"
+    en = "The pairing offer has expired or was already used; make a new one on the standby."
+
+
+class PairingEnvelopeRejected(KuraError):
+    """The envelope does not open with this standby's pending offer: it was
+    altered on the way, made for another standby or offer, or the code typed
+    on the primary was not the one this standby showed."""
+
+    code = "pairing_envelope_rejected"
+    status = 422
+    ja = (
+        "ペアリングの封筒を開けられません（改ざん、別のスタンバイ機あて、"
+        "またはプライマリ機で入力されたコードの誤りの可能性）。"
+    )
+    en = (
+        "The pairing envelope does not open: it was altered, made for another "
+        "standby, or the code typed on the primary was wrong."
+    )
+
+
+class PairingWrongRootKey(KuraError):
+    """The key inside an envelope does not match the check value it carries:
+    the primary sent a key that is not its root key."""
+
+    code = "pairing_wrong_root_key"
+    status = 422
+    ja = "封筒内の鍵がプライマリ機の鍵の検証値と一致しません。"
+    en = "The key in the envelope does not match the primary's check value."

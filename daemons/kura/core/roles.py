@@ -118,6 +118,12 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "audit.verify": frozenset({_SA}),
     # an audit-integrity incident: an SA and a DA must both acknowledge it
     "audit.acknowledge": frozenset({_SA, _DA}),
+    # pairing a standby hands it the root key: the DA pairs, an SA approves
+    # the standby named in the offer (kura.core.pairing.requires_approval)
+    "ha.pair": frozenset({_DA}),
+    "ha.approve": frozenset({_SA}),
+    "ha.reject": frozenset({_SA}),
+    "ha.pairings": frozenset({_DA, _SA}),
 }
 
 OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)

@@ -120,6 +120,10 @@ class VaultBase:
         self.store = store
         self.clock = clock
         self.keys: KeyHierarchy | None = None
+        # Held for pairing a standby (kura.vault.pairing): with custodian
+        # shares it cannot be read back from the seal. Everything it protects
+        # is already in this process's memory as the keys derived from it.
+        self.root_key: bytes | None = None
         self.seal: sealing.SealInfo | None = None
         self.collector: sealing.ShareCollector | None = None
         self.policy = accounts.SecurityPolicy()

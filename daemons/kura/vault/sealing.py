@@ -167,6 +167,31 @@ def init_shamir(
     return mnemonics
 
 
+def adopt_shamir(
+    keys_dir: Path, root_key: bytes, shares: tuple[int, int, int], *, replace: bool = False
+) -> None:
+    """Seal to an existing share set: a paired standby records the primary's
+    ``(threshold, count, identifier)``, so the primary's custodians open it
+    with the shares they already hold. Nothing is made or shown: the shares
+    encode this same root key, and :class:`ShareCollector` checks both the
+    identifier and the check value."""
+    threshold, count, identifier = shares
+    if not 2 <= threshold <= count <= MAX_SHARES:
+        raise BadRequest(en=f"Shares must be M of N with 2 ≤ M ≤ N ≤ {MAX_SHARES}.")
+    _check_new_seal(keys_dir, root_key, replace)
+    _commit(
+        keys_dir,
+        SealInfo(
+            mode="shamir",
+            check_value=root_check_value(root_key),
+            created=_now(),
+            threshold=threshold,
+            count=count,
+            identifier=identifier,
+        ),
+    )
+
+
 class ShareCollector:
     """Collects custodian shares typed in after boot until M are held.
 
@@ -267,13 +292,15 @@ def init_creds(
     recovery: tuple[int, int] | None = None,
     *,
     replace: bool = False,
+    adopt: tuple[int, int, int] | None = None,
 ) -> list[str]:
     """Seal with systemd-creds into ``root.cred``; optionally also make M-of-N
     recovery shares (returned; else an empty list).
 
     The key goes to systemd-creds on stdin, never in argv. The new credential
     is decrypted once before it is committed, so a seal that cannot be opened
-    is never written.
+    is never written. ``adopt`` records an existing recovery share set
+    ``(threshold, count, identifier)`` instead of making one (a paired standby).
     """
     if with_key not in WITH_KEY_CHOICES:
         raise BadRequest(en=f"with_key must be one of {', '.join(sorted(WITH_KEY_CHOICES))}.")
@@ -284,7 +311,10 @@ def init_creds(
     )
     mnemonics: list[str] = []
     threshold = count = identifier = None
-    if recovery is not None:
+    if adopt is not None:
+        # A paired standby keeps the primary's recovery share set (adopt_shamir).
+        threshold, count, identifier = adopt
+    elif recovery is not None:
         threshold, count = recovery
         mnemonics, identifier = _make_shares(root_key, threshold, count)
     _prepare_dir(keys_dir)
@@ -425,6 +455,12 @@ def _verified(root_key: bytes, info: SealInfo, source: str) -> bytes:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def prepare_keys_dir(keys_dir: Path) -> None:
+    """Make the keys folder (0700) if it is missing: for files kept beside the
+    seal, such as a standby's pending pairing offer."""
+    _prepare_dir(keys_dir)
 
 
 def _prepare_dir(keys_dir: Path) -> None:

@@ -58,6 +58,7 @@ from kura.vault.disposals import DisposalOperations
 from kura.vault.exports import ExportOperations
 from kura.vault.integrity import IntegrityOperations
 from kura.vault.oversight import OversightOperations
+from kura.vault.pairing import PairingOperations
 from kura.vault.policy import PolicyOperations
 from kura.vault.reports import ReportOperations
 from kura.vault.requests import RequestOperations
@@ -83,6 +84,7 @@ class Vault(
     ReportOperations,
     PolicyOperations,
     IntegrityOperations,
+    PairingOperations,
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)
@@ -136,6 +138,7 @@ class Vault(
                 detail={"seal": how, "key_versions": len(ring)},
             )
         self.keys = keys
+        self.root_key = root_key  # for pairing a standby (kura.vault.pairing)
         self.collector = None
         log.info("vault unsealed (%s seal, keyring versions %s)", how, sorted(ring))
 
