@@ -180,8 +180,10 @@ def install(lab: Lab) -> KuraPair:
                       user="root")
         n.add_service("kura-console", [*PYTHON, "-m", "kura.console.main", "--config", CONFIG],
                       user="root")
-        n.add_service("kura-hasync", [*PYTHON, "-m", "kura.hasync.main", "--config", CONFIG],
-                      user="root", env=env)
+        # systemd's RuntimeDirectory=kura-hasync, which holds the status file
+        n.add_service("kura-hasync", ["sh", "-c", "mkdir -p /run/kura-hasync && exec "
+                                      + " ".join(PYTHON) + " -m kura.hasync.main --config "
+                                      + CONFIG], user="root", env=env)
     _wait(lambda: pair_status(lab, primary).get("sealed") is False, 90, "the primary's vault")
     password = node.run([*PYTHON, "-c", _BOOTSTRAP_SCRIPT], user="root", check=False).stdout
     pair = KuraPair(lab, cert, lab.base / "mu.json")

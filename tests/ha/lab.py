@@ -310,6 +310,10 @@ class Node:
         """SIGKILL every process of the node; its disk (the overlay) stays as it was."""
         self.powered = False
         kill_netns(self.ns)
+        # A machine that is off answers nothing, for no address: its link goes down and
+        # every address it held (the floating one too) is gone when it comes back.
+        run("ip", "-n", self.ns, "link", "set", "eth0", "down")
+        run("ip", "-n", self.ns, "addr", "flush", "dev", "eth0")
         for service in self.services.values():
             if service.thread is not None:
                 service.thread.join(timeout=10)
@@ -319,6 +323,8 @@ class Node:
         for sub in ("tmp", "run"):
             run("umount", "-l", str(self.root / sub), check=False)
         self.lab.mount_tmpfs(self)
+        run("ip", "-n", self.ns, "addr", "add", f"{self.address}/24", "dev", "eth0")
+        run("ip", "-n", self.ns, "link", "set", "eth0", "up")
         self.powered = True
         for service in self.services.values():
             self._start(service)
