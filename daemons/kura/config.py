@@ -16,6 +16,7 @@ into frozen objects. Nothing deeper in the code reads the environment.
     cert = "/etc/kura/tls/cert.pem"
     key = "/etc/kura/tls/key.pem"
     webui = "/usr/share/kura/webui"   # optional: the console's templates and catalogs
+    [ha]                       # optional: this appliance is one node of an HA pair
 """
 
 from __future__ import annotations
@@ -78,12 +79,21 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """The appliance is one node of an HA pair (an ``[ha]`` section is
+    there). The vault then calls its writable role "primary" rather than
+    "single"; either way it follows its PostgreSQL's role by itself
+    (kura.vault.roles). The pairing's own settings go here."""
+
+
+@dataclass(frozen=True)
 class Config:
     appliance: str
     database: DatabaseConfig
     vault: VaultConfig
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     path: Path | None = None
+    ha: HaConfig | None = None  # None: a single appliance
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -136,6 +146,7 @@ def parse(
                 webui=Path(console["webui"]) if "webui" in console else None,
             ),
             path=path,
+            ha=HaConfig() if isinstance(raw.get("ha"), dict) else None,
         )
     except KeyError as exc:
         raise ConfigError(f"missing setting {exc}", f"設定 {exc} がありません。") from exc
