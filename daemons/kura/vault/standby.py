@@ -190,19 +190,36 @@ class StandbyOperations(IntegrityOperations):
             )
         found = audit.ChainHead(head_seq, bytes(head["hash"])) if head else None
         if trusted.seq > 0 and (head_seq < trusted.seq or at_trusted != trusted.hash):
-            await self.diverged(ChainDiverged(trusted, found, at_trusted))
+            await self._diverged_on_standby(ChainDiverged(trusted, found, at_trusted))
             return
         if not newer:
             return
         prev, expected_seq = trusted.hash, trusted.seq + 1
         for entry in newer:
             if entry.seq != expected_seq or entry.prev_hash != prev or not _hash_holds(entry):
-                await self.diverged(ChainDiverged(trusted, found, at_trusted))
+                await self._diverged_on_standby(ChainDiverged(trusted, found, at_trusted))
                 return
             prev, expected_seq = entry.hash, entry.seq + 1
         last = newer[-1]
         self.store.trusted = audit.ChainHead(last.seq, last.hash)
         await asyncio.to_thread(self.write_head, self.store.trusted, keys)
+
+    async def _diverged_on_standby(self, exc: ChainDiverged) -> None:
+        """The replicated chain does not extend the held head. The primary's
+        vault may already have recorded the incident in the chain: the
+        standby is then in the audit-integrity state all the same (it mirrors
+        the primary) until that incident is acknowledged."""
+        keys = self.keys
+        if keys is None:
+            return
+        result = await self.scan(keys, exc.trusted)
+        pending = [f for f, i in result.recorded if i.acknowledged_seq is None]
+        if result.new or pending:
+            await self.enter_fault([*result.new, *pending], exc.trusted, result.found, keys,
+                                   "follow")
+        else:  # recorded and acknowledged on the primary: history
+            self.store.trusted = result.found or audit.GENESIS_HEAD
+            await self._set_baseline(result)
 
     async def _rescan_in_fault(self) -> None:
         """A standby in the audit-integrity state mirrors the primary: once
