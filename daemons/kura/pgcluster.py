@@ -21,6 +21,7 @@ from kura.proc import run
 
 PG_USER = "postgres"  # initdb refuses root; Debian's postgresql package makes this user
 ROLES = ("kura_owner", "kura_vault")  # owner of the tables; what the daemons log in as
+REPLICATOR = "kura_replicator"  # a development replica's streaming role (replicate_from)
 
 # Server settings every Kura cluster gets (this one and the appliance's):
 # nothing about queries in the log, so no value of a statement reaches it.
@@ -155,6 +156,66 @@ class Cluster:
         self.start()
         self.psql("postgres", roles_and_database_sql(passwords), dbname="postgres")
         self.psql("postgres", SCHEMA_PRIVILEGES_SQL, dbname="kura")
+
+    def replicate_from(self, primary: Cluster) -> None:
+        """Make this cluster a streaming replica (hot standby) of ``primary``,
+        on this machine: a replication role on the primary, a base backup
+        over its Unix socket (``pg_basebackup -R``), this cluster's own socket
+        folder, then start. What was here is replaced. For tests and the
+        development pair only: the appliance's pair is pg_auto_failover's."""
+        self.stop()
+        passwords = json.loads(primary.secrets_file.read_text())
+        if REPLICATOR not in passwords:
+            passwords[REPLICATOR] = secrets.token_urlsafe(24)
+            primary.psql(
+                "postgres",
+                f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR}')"
+                f" THEN CREATE ROLE {REPLICATOR} REPLICATION LOGIN; END IF; END$$;\n"
+                f"ALTER ROLE {REPLICATOR} PASSWORD '{passwords[REPLICATOR]}';\n",
+                dbname="postgres",
+            )
+            primary.secrets_file.write_text(json.dumps(passwords))
+        for sub in (self.base, self.socket_dir, self.logfile.parent):
+            sub.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)  # noqa: S103 (postgres must traverse it)
+        if self.datadir.exists():
+            shutil.rmtree(self.datadir)
+        self.datadir.mkdir(mode=0o700)
+        _chown_pg(self.datadir, self.socket_dir, self.logfile.parent)
+        run(
+            [
+                bindir() / "pg_basebackup",
+                "-D",
+                self.datadir,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                primary.socket_dir,
+                "-p",
+                str(primary.port),
+                "-U",
+                REPLICATOR,
+            ],
+            user=PG_USER,
+            env=dict(os.environ, PGPASSWORD=passwords[REPLICATOR]),
+        )
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# Kura: this replica's own socket\nunix_socket_directories = "
+                       f"'{self.socket_dir}'\n")
+        # The same roles, the same passwords: the data are the primary's.
+        self.secrets_file.write_text(json.dumps(passwords))
+        os.chmod(self.secrets_file, 0o600)
+        self.start()
+
+    def promote(self) -> None:
+        """End recovery: this replica becomes a primary (``pg_ctl promote``)."""
+        run([bindir() / "pg_ctl", "-D", self.datadir, "-w", "promote"], user=PG_USER)
+
+    def in_recovery(self) -> bool:
+        return self.psql("postgres", "SELECT pg_is_in_recovery()", dbname="postgres").strip() == "t"
 
     def running(self) -> bool:
         return (self.datadir / "postmaster.pid").exists() and _pg_ctl_status(self)

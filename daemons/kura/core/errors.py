@@ -176,6 +176,24 @@ class AuditIntegrity(KuraError):
     )
 
 
+class Standby(KuraError):
+    """This appliance is the standby of an HA pair: its database follows the
+    primary's and takes no writes, so the vault answers nothing but its
+    status until it is promoted. Clerks use the pair's floating address,
+    which always reaches the primary."""
+
+    code = "standby"
+    status = 503
+    ja = (
+        "このアプライアンスは待機系（スタンバイ）のため、操作を受け付けません。"
+        "共有（フローティング）アドレスから稼働系に接続してください。"
+    )
+    en = (
+        "This appliance is the standby of the pair and accepts no work. "
+        "Use the pair's floating address, which reaches the primary."
+    )
+
+
 class UnsealFailed(KuraError):
     """A share or sealed key could not be used to unseal."""
 

@@ -193,6 +193,18 @@ class KeyHierarchy:
         """Every KEK version this hierarchy can open."""
         return frozenset(self._keks)
 
+    def adopt(self, version: int, wrapped: bytes) -> None:
+        """Open a KEK version made elsewhere: on an HA pair the primary
+        rotates, and a standby promoted later must open the new version (and
+        wrap new data keys under it). Raises :class:`DecryptionFailed` if it
+        is not wrapped under this root key."""
+        kek = _open(self._keyring, wrapped, _kek_ad(version), "keyring")
+        if len(kek) != KEK_BYTES:
+            raise DecryptionFailed(what="keyring")
+        self._keks[version] = AESGCM(kek)
+        if self._active is None or version > self._active:
+            self._active = version
+
     def rotate(self) -> tuple[int, bytes]:
         """Make a new KEK version and make it active.
 

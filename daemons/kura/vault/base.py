@@ -112,8 +112,17 @@ async def record(tx: Tx, caller: Caller, action: str, **fields: Any) -> audit.Au
     )
 
 
+# The vault's role (kura.vault.roles): a single appliance, or one node of an
+# HA pair. Only a standby never writes.
+SINGLE = "single"
+PRIMARY = "primary"
+STANDBY = "standby"
+
+
 class VaultBase:
     """The vault's state; the operation classes build on it."""
+
+    role: str = SINGLE
 
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         self.config = config
@@ -132,6 +141,12 @@ class VaultBase:
     @property
     def sealed(self) -> bool:
         return self.keys is None
+
+    @property
+    def writable(self) -> bool:
+        """False on a standby: its database takes no writes, and the vault
+        writes nothing (no audit entry, checkpoint, session) until promoted."""
+        return self.role != STANDBY
 
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:

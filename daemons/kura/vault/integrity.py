@@ -276,7 +276,7 @@ class IntegrityOperations(VaultBase):
         rewrite the head file. Never signs a chain that no longer extends the
         trusted head (raises ``ChainDiverged``)."""
         keys = self.keys
-        if keys is None:
+        if keys is None or not self.writable:
             return None
         now = self.clock()
         trusted = self.store.trusted
@@ -329,27 +329,15 @@ class IntegrityOperations(VaultBase):
             if self.integrity is not None and all(f in self.integrity.faults for f in faults):
                 return
             log.error(
-                "audit integrity fault (%s): %s", reason, "; ".join(f.en for f in faults)
+                "audit integrity fault (%s%s): %s", reason,
+                "" if self.writable else ", standby", "; ".join(f.en for f in faults),
             )
-            detail = {
-                "reason": reason,
-                "faults": [f.to_json() for f in faults],
-                "expected_head": _head_json(expected),
-                "found_head": _head_json(found),
-            }
-            after = expected if expected and (found is None or found.seq <= expected.seq) else None
-            incident: int | None = None
-            try:
-                async with self.store.transaction() as tx:
-                    entry = await tx.append_audit(
-                        actor="-", role="", action=audit.FAULT_ACTION, outcome="error",
-                        client="local", detail=detail, after=after or found,
-                    )
-                incident = entry.seq
-                self.store.trusted = audit.ChainHead(entry.seq, entry.hash)
-                await self._sign_now(keys)
-            except Exception:
-                log.exception("the audit integrity fault could not be recorded")
+            # A standby writes nothing: it holds the incident in memory (and
+            # says so in its status) and records it if it is promoted.
+            incident = (
+                await self._record_incident(faults, expected, found, keys, reason)
+                if self.writable else None
+            )
             previous = self.integrity.faults if self.integrity else []
             self.integrity = IntegrityState(
                 incident=incident,
@@ -359,9 +347,39 @@ class IntegrityOperations(VaultBase):
                 found=found,
             )
 
+    async def _record_incident(
+        self,
+        faults: list[audit.Fault],
+        expected: audit.ChainHead | None,
+        found: audit.ChainHead | None,
+        keys: KeyHierarchy,
+        reason: str,
+    ) -> int | None:
+        """Write the audit.integrity_fault entry, chained from the trusted
+        head, and sign it at once; its seq, or None if it could not be written."""
+        detail = {
+            "reason": reason,
+            "faults": [f.to_json() for f in faults],
+            "expected_head": _head_json(expected),
+            "found_head": _head_json(found),
+        }
+        after = expected if expected and (found is None or found.seq <= expected.seq) else None
+        try:
+            async with self.store.transaction() as tx:
+                entry = await tx.append_audit(
+                    actor="-", role="", action=audit.FAULT_ACTION, outcome="error",
+                    client="local", detail=detail, after=after or found,
+                )
+            self.store.trusted = audit.ChainHead(entry.seq, entry.hash)
+            await self._sign_now(keys)
+        except Exception:
+            log.exception("the audit integrity fault could not be recorded")
+            return None
+        return entry.seq
+
     async def _sign_now(self, keys: KeyHierarchy) -> None:
         trusted = self.store.trusted
-        if trusted is None or trusted.seq == 0:
+        if trusted is None or trusted.seq == 0 or not self.writable:
             return
         cp = audit.sign_checkpoint(keys.audit_signing_key, trusted.seq, trusted.hash, self.clock())
         async with self.store.transaction() as tx:

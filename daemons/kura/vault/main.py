@@ -19,13 +19,15 @@ log = logging.getLogger("kura.vault")
 
 
 async def checkpoints(vault: Vault) -> None:
-    """Every second: sign the audit chain's head when it moved and a checkpoint
-    is due, and sweep the whole chain every integrity_sweep_seconds."""
+    """Every second: ask the database its role (HA pair); then sign the audit
+    chain's head when it moved and a checkpoint is due, and sweep the whole
+    chain every integrity_sweep_seconds (a standby follows the replicated
+    chain instead: kura.vault.standby)."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(min(vault.checkpoint_interval(), 1.0))
         try:
-            await vault.maintain(loop.time())
+            await vault.upkeep(loop.time())
         except Exception:
             log.exception("audit checkpoint failed")
 

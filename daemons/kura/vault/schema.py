@@ -46,8 +46,13 @@ def available() -> list[Migration]:
 
 def migrate(owner_dsn: str) -> list[int]:
     """Apply what is missing; return the versions applied now."""
-    applied_now = []
+    applied_now: list[int] = []
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        # A standby of an HA pair takes no writes: its schema is the primary's,
+        # replicated, and the primary's vault migrates it.
+        recovering = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        if recovering and recovering[0]:
+            return applied_now
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, sha256 text NOT NULL,"

@@ -11,6 +11,9 @@ call is checked in this order, and refused at the first step that fails:
    is itself written to the audit log;
 5. for reveal and export, the declared purpose is one the subject allows.
 
+On the standby of an HA pair (kura.vault.standby) only ``status`` and
+``unseal`` work; everything else gets ``Standby``, and nothing is written.
+
 In the audit-integrity state (kura.vault.integrity) only ``status``, signing
 in and out and the SELF operations of an SA or a DA, the SA's look at the
 log (list, verify, export) and ``audit.acknowledge`` work; everything else
@@ -37,6 +40,8 @@ from kura.core.errors import (
     KuraError,
     NotAuthenticated,
     PermissionDenied,
+    Standby,
+    Unavailable,
     UnsealFailed,
     VaultSealed,
 )
@@ -45,6 +50,7 @@ from kura.core.roles import PUBLIC, SELF, Role, may
 from kura.vault import sealing
 from kura.vault.accounts import AccountOperations
 from kura.vault.base import (
+    STANDBY,
     Caller,
     Clock,
     Handler,
@@ -56,13 +62,13 @@ from kura.vault.base import (
 )
 from kura.vault.disposals import DisposalOperations
 from kura.vault.exports import ExportOperations
-from kura.vault.integrity import IntegrityOperations
 from kura.vault.oversight import OversightOperations
 from kura.vault.pairing import PairingOperations
 from kura.vault.policy import PolicyOperations
 from kura.vault.reports import ReportOperations
 from kura.vault.requests import RequestOperations
-from kura.vault.store import ChainDiverged, Store
+from kura.vault.standby import StandbyOperations
+from kura.vault.store import ChainDiverged, Store, Tx
 from kura.vault.subjects import SubjectOperations
 
 log = logging.getLogger("kura.vault")
@@ -83,7 +89,7 @@ class Vault(
     DisposalOperations,
     ReportOperations,
     PolicyOperations,
-    IntegrityOperations,
+    StandbyOperations,
     PairingOperations,
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
@@ -94,7 +100,10 @@ class Vault(
     # --- start-up and sealing --------------------------------------------------
 
     async def start(self) -> None:
-        """Read the seal; unseal by itself where the seal allows it (TPM/host key)."""
+        """Ask the database the node's role; read the seal; unseal by itself
+        where the seal allows it (TPM/host key)."""
+        self.role = await self.detect_role() or self.writable_role()
+        log.info("the database's role: %s", self.role)
         self.seal = sealing.read_seal(self.config.vault.keys_dir)
         if self.seal is None:
             log.warning("no seal in %s: run `kura vault init` first", self.config.vault.keys_dir)
@@ -113,6 +122,9 @@ class Vault(
     async def _open(self, root_key: bytes, how: str) -> None:
         async with self.store.transaction() as tx:
             ring = await tx.keyring()
+        if self.role == STANDBY:
+            await self._open_standby(root_key, how, ring)
+            return
         if ring:
             # Before the first entry is chained: does the database still hold
             # the chain the vault signed, up to the head file's head?
@@ -126,10 +138,7 @@ class Vault(
                 await tx.add_keyring_version(version, wrapped)
                 ring = {version: wrapped}
             keys = _unlock(root_key, ring)
-            stored = await tx.setting("policy")
-            if stored:
-                self.policy = accounts.SecurityPolicy.from_json(stored)
-            await self.load_retention_rules(tx)  # for the subjects' disposal dates
+            await self.load_settings(tx)
             await tx.append_audit(
                 actor="-",
                 role="",
@@ -137,10 +146,47 @@ class Vault(
                 client="local",
                 detail={"seal": how, "key_versions": len(ring)},
             )
+            if self._deferred_promotion is not None:  # promoted while sealed
+                await tx.append_audit(
+                    actor="-", role="", action="ha.promoted", client="local",
+                    detail={**self._deferred_promotion, "head_seq": self.store.trusted.seq
+                            if self.store.trusted else None, "audit_integrity": "ok"
+                            if self.integrity is None else "fault"},
+                )
+                self._deferred_promotion = None
         self.keys = keys
         self.root_key = root_key  # for pairing a standby (kura.vault.pairing)
         self.collector = None
         log.info("vault unsealed (%s seal, keyring versions %s)", how, sorted(ring))
+
+    async def _open_standby(self, root_key: bytes, how: str, ring: dict[int, bytes]) -> None:
+        """Unseal a standby without a write: the replicated keyring must open
+        under the root key, the chain is verified against the head file, the
+        policy and rules are read; the unseal is recorded once promoted."""
+        if not ring:
+            raise UnsealFailed(
+                "the standby's database holds no keyring yet (nothing replicated)",
+                "待機系のデータベースに鍵束がまだありません（複製されていません）。",
+            )
+        keys = _unlock(root_key, ring)
+        await self.verify_at_start(keys)
+        async with self.store.transaction() as tx:
+            await self.load_settings(tx)
+        self._deferred_unseal = {
+            "seal": how,
+            "key_versions": len(ring),
+            "unsealed_as": STANDBY,
+            "unsealed_at": self.clock().isoformat(),
+        }
+        self.keys = keys
+        self.collector = None
+        log.info("vault unsealed as the standby (%s seal, keyring versions %s)", how, sorted(ring))
+
+    async def load_settings(self, tx: Tx) -> None:
+        stored = await tx.setting("policy")
+        if stored:
+            self.policy = accounts.SecurityPolicy.from_json(stored)
+        await self.load_retention_rules(tx)  # for the subjects' disposal dates
 
     @operation("status")
     async def status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +197,10 @@ class Vault(
             "version": __version__,
             "appliance": self.config.appliance,
             "audit_integrity": self.integrity_status(),
+            "role": self.role,
         }
+        if self.role == STANDBY:
+            result["standby"] = await self.replication_status()
         if self.seal and self.seal.mode == "shamir":
             result["shares_needed"] = self.seal.threshold
             result["shares_entered"] = self.collector.count if self.collector else 0
@@ -178,6 +227,9 @@ class Vault(
                     await self._open(root, "shamir")
             except UnsealFailed as exc:
                 # A wrong share is a security event: record it (never the share).
+                if not self.writable:
+                    log.warning("a share was refused on the standby (not recorded)")
+                    raise
                 async with self.store.transaction() as tx:
                     await tx.append_audit(
                         actor="-",
@@ -189,7 +241,7 @@ class Vault(
                     )
                 raise
             else:
-                if self.sealed:
+                if self.sealed and self.writable:
                     async with self.store.transaction() as tx:
                         await tx.append_audit(
                             actor="-",
@@ -203,6 +255,20 @@ class Vault(
     # --- the dispatcher ------------------------------------------------------
 
     async def call(
+        self, op: str, args: Any, token: str | None, client: str, peer_uid: int
+    ) -> dict[str, Any]:
+        try:
+            return await self._judged(op, args, token, client, peer_uid)
+        except Standby:
+            if self.role != STANDBY:
+                # A write refused as read-only: the database is a standby now.
+                await self.follow_role()
+            raise
+        except Unavailable:
+            self.store.role_suspect = True  # the upkeep asks the role again
+            raise
+
+    async def _judged(
         self, op: str, args: Any, token: str | None, client: str, peer_uid: int
     ) -> dict[str, Any]:
         try:
@@ -222,6 +288,10 @@ class Vault(
         handler = self.handlers.get(op)
         if handler is None:
             raise BadRequest(f"unknown operation {op!r}", f"不明な操作です: {op}")
+        if self.role == STANDBY and op not in ("status", "unseal"):
+            # Before anything that could write (a refusal's audit entry, a
+            # session's last-seen time): a standby writes nothing.
+            raise Standby()
         caller = Caller(client=client or "local", peer_uid=peer_uid)
         valid = api.validate(op, args if args is not None else {})
         # whoami needs no key (sessions are digests in the database): the

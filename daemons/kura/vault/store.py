@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from kura.core import audit
-from kura.core.errors import Unavailable
+from kura.core.errors import Standby, Unavailable
 
 AUDIT_LOCK = 0x6B757261  # "kura"
 _LOCK_AND_HEAD = (
@@ -113,6 +113,10 @@ class Store:
         # (or with [vault] audit_head_check off).
         self.trusted: audit.ChainHead | None = None
         self.head_check = True
+        # Set when a write was refused as read-only (SQLSTATE 25006) or the
+        # connection dropped: PostgreSQL may have changed role under us (HA
+        # pair), and the vault asks it again (kura.vault.roles).
+        self.role_suspect = False
 
     def advance(self, entry: audit.ChainHead) -> None:
         """After a commit: the entry just committed is the trusted head (commits
@@ -135,10 +139,28 @@ class Store:
                     yield tx
                 if tx.appended is not None:
                     self.advance(tx.appended)
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # The database is a standby now (demoted, or never promoted).
+            self.role_suspect = True
+            raise Standby() from exc
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            self.role_suspect = True
             raise Unavailable(
                 "the database is unavailable", "データベースに接続できません。"
             ) from exc
+
+    async def replication(self) -> Row:
+        """Whether PostgreSQL is in recovery (a standby), and how far its
+        replay has come: what the vault's role and its status rest on."""
+        async with self.transaction() as tx:
+            row = await tx.one(
+                "SELECT pg_is_in_recovery() AS in_recovery,"
+                " pg_last_wal_replay_lsn()::text AS replay_lsn,"
+                " pg_last_xact_replay_timestamp() AS replayed_at,"
+                " now() - pg_last_xact_replay_timestamp() AS lag"
+            )
+        assert row is not None
+        return row
 
 
 async def _check_connection(conn: psycopg.AsyncConnection[Row]) -> None:

@@ -74,6 +74,8 @@ async def handle(request: web.Request, exc: BaseException) -> web.StreamResponse
     if code == "action_required" and isinstance(exc, KuraError):
         required = exc.detail.get("required")
         return web.HTTPSeeOther("/account/totp" if required == "mfa" else "/account/password")
+    if code == "standby":
+        request["kura.standby"] = True  # the banner says where to go instead
     if code == "sealed":
         return web.HTTPSeeOther("/sealed")
     if code == "audit_integrity" and request.path != "/audit-integrity":

@@ -27,7 +27,13 @@ from kura.console.vaultclient import VaultError
 from kura.console.web import i18n, security
 from kura.console.web.menu import menu_for
 from kura.console.web.rendering import render
-from kura.core.errors import BadRequest, KuraError, NotAuthenticated, PermissionDenied
+from kura.core.errors import (
+    BadRequest,
+    KuraError,
+    NotAuthenticated,
+    PermissionDenied,
+    Standby,
+)
 from kura.core.roles import Role
 
 log = logging.getLogger("kura.console")
@@ -94,10 +100,19 @@ def session_token(request: web.Request) -> str | None:
 
 
 async def call(request: web.Request, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Call the vault as the visitor (their session, their address)."""
-    return await request.app[VAULT].call(
-        op, args or {}, session_token(request), client_address(request)
-    )
+    """Call the vault as the visitor (their session, their address). What the
+    vault says of its role (an HA pair's standby) is noted for the banner."""
+    try:
+        result = await request.app[VAULT].call(
+            op, args or {}, session_token(request), client_address(request)
+        )
+    except VaultError as exc:
+        if exc.vault_code == "standby":
+            request["kura.standby"] = True
+        raise
+    if op == "status":
+        request["kura.standby"] = result.get("role") == "standby"
+    return result
 
 
 async def visitor(request: web.Request) -> Visitor | None:
@@ -116,7 +131,9 @@ async def visitor(request: web.Request) -> Visitor | None:
             # In the audit-integrity state the vault refuses a clerk even this:
             # no visitor, and their pages lead to the "stopped" page.
             request["kura.stopped"] = exc.vault_code == "audit_integrity"
-            if exc.vault_code not in ("not_authenticated", "audit_integrity"):
+            # A standby answers no one (not even "who am I"): no visitor, and
+            # every page but the anonymous ones says where to go instead.
+            if exc.vault_code not in ("not_authenticated", "audit_integrity", "standby"):
                 raise
             request["kura.session_expired"] = exc.detail.get("why") is not None
     request["kura.visitor"] = found
@@ -166,6 +183,7 @@ def render_page(
         "flash": unquote(flash) if flash else None,
         "error": None,
         "audit_integrity_fault": request.get("kura.audit_integrity", False),
+        "standby": request.get("kura.standby", False),
         **context,
     }
     response.text = render(state.envs[lang], template, values)
@@ -231,6 +249,8 @@ def page(*roles: Role, anonymous: bool = False, restricted_ok: bool = False) -> 
             if who is None:
                 if request.get("kura.stopped"):
                     raise web.HTTPSeeOther("/audit-integrity")
+                if request.get("kura.standby"):
+                    raise Standby()
                 raise NotAuthenticated()
             if who.restriction and not restricted_ok:
                 target = "/account/password" if who.restriction == "password" else "/account/totp"
