@@ -30,6 +30,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = Path(os.environ.get("KURA_RAW_IMAGE", "/work/main/out/kura.raw"))
+IMAGE = Path(os.environ.get("KURA_RAW_IMAGE", str(REPO / "out" / "kura.raw")))
 NS_PREFIX = "kl-"
 DIR_PREFIX = "kura-halab-"
 SUBNET = "192.0.2"
@@ -614,7 +615,7 @@ class Lab:
         env = {**os.environ, "PGPASSFILE": str(self.client_pgpass),
                "PYTHONPATH": f"{REPO / 'daemons'}:{REPO}"}
         argv = ["ip", "netns", "exec", NS_PREFIX + "client",
-                str(Path(os.environ.get("KURA_LAB_PYTHON", "/work/main/.venv/bin/python"))),
+                os.environ.get("KURA_LAB_PYTHON", sys.executable),
                 "-m", "tests.ha.writer", mode, "--ca", str(self.ca_file),
                 "--start-id", str(start_id), *targets]
         out = log.open("wb")
