@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kura.core.formation import TIMERS as FORMATION_TIMERS
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = Path(os.environ.get("KURA_RAW_IMAGE", str(REPO / "out" / "kura.raw")))
 NS_PREFIX = "kl-"
@@ -58,48 +60,11 @@ TLS_DIR = "/etc/kura-lab/tls"
 PGPASS = "/var/lib/postgresql/.pgpass"
 RESTART_DELAY = 1.0  # like systemd's RestartSec=1
 
-# Every timer changed from pg_auto_failover's default, with the default and the reason.
-# docs/ha.md ("pg_auto_failover's timers") carries the same table; keep them in step.
-# Target: a dead or cut-off primary replaced in <= 15 s at p99, never two writable
-# primaries, no acknowledged write lost.
+# Every timer changed from pg_auto_failover's default, with the default and the reason:
+# the product's own table (first boot applies the same), as (value, default, why).
 TIMERS: dict[str, dict[str, tuple[str, str, str]]] = {
-    # monitor GUCs (ALTER SYSTEM on the witness's monitor database, then reload)
-    "monitor": {
-        "pgautofailover.health_check_period": (
-            "1000", "5000", "probe each node every second: detection starts within 1 s"),
-        "pgautofailover.health_check_timeout": (
-            "1000", "5000", "a LAN connect takes milliseconds; 1 s is a dead node"),
-        "pgautofailover.health_check_max_retries": (
-            "1", "2", "one retry still rides out a lost packet"),
-        "pgautofailover.health_check_retry_delay": (
-            "500", "2000", "the retry comes half a second later"),
-        "pgautofailover.node_considered_unhealthy_timeout": (
-            "3000", "20000", "the keeper reports every second, so 3 missed reports plus a "
-            "failed health check mean the node is gone"),
-        "pgautofailover.primary_demote_timeout": (
-            "6000", "30000", "how long the monitor waits for an old primary it cannot reach "
-            "to have stopped itself; must exceed the keeper's network_partition_timeout (3 s) "
-            "plus its 1 s loop, a 2 s connect timeout to the monitor and PostgreSQL's fast "
-            "shutdown"),
-    },
-    # keeper settings (pg_autoctl config set, on both data nodes)
-    "keeper": {
-        "timeout.network_partition_timeout": (
-            "3", "20", "a primary that reaches neither the monitor nor a standby for 3 s "
-            "stops PostgreSQL; with synchronous commit it acknowledges nothing meanwhile"),
-        "timeout.postgresql_restart_failure_timeout": (
-            "5", "20", "a PostgreSQL that cannot be restarted within 5 s is reported down, "
-            "so the monitor fails over instead of waiting 20 s"),
-    },
-    # PostgreSQL settings on the data nodes (ALTER SYSTEM; copied to the standby)
-    "postgresql": {
-        "wal_sender_timeout": (
-            "3s", "60s", "the keeper counts any pg_stat_replication row as 'standby "
-            "reachable'; a walsender to a vanished standby must go within 3 s or a cut-off "
-            "primary would never see its partition"),
-        "wal_receiver_timeout": (
-            "3s", "60s", "the standby notices a vanished primary as fast"),
-    },
+    group: {name: (t.value, t.default, t.why) for name, t in timers.items()}
+    for group, timers in FORMATION_TIMERS.items()
 }
 
 
