@@ -46,6 +46,9 @@ ENABLE = [
     "systemd-resolved.service",
     "systemd-timesyncd.service",
 ]
+# Installed but left disabled: first boot enables them for the role the admin
+# chose (a primary or standby of an HA pair runs kura-hasync).
+BY_ROLE = ["kura-hasync.service"]
 # No login prompt anywhere: the consoles belong to kura-tty@ (wizard, then status).
 MASK = ["getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service"]
 CMDLINE = "root=PARTUUID={partuuid} ro rootwait console=tty1 console=ttyS0,115200 panic=10"

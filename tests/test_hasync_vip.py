@@ -226,7 +226,9 @@ def test_vip_follows_the_monitor_and_leaves_on_stop(lab: Lab) -> None:
         # first, the standby is promoted and reports wait_primary.
         lab.set_state("node_a", "draining", "primary")
         wait_until("node_a drops the VIP", lambda: lab.holders() == [])
-        assert lab.status("khs-a")["role"] == "demoted"
+        # The address goes first, then the status file says why.
+        wait_until("node_a says demoted", lambda: lab.status("khs-a").get("role") == "demoted",
+                   timeout=5)
         lab.set_state("node_b", "wait_primary", "stop_replication")
         lab.set_state("node_b", "wait_primary", "wait_primary")
         wait_until("node_b holds the VIP", lambda: lab.holders() == ["khs-b"])

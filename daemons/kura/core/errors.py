@@ -212,6 +212,18 @@ class Unavailable(KuraError):
     en = "The service is unavailable; try again shortly."
 
 
+class NotReplicated(Unavailable):
+    """PostgreSQL committed a write locally but stopped waiting for the standby
+    to confirm it (its synchronous-commit wait was cancelled). Such a write is
+    never acknowledged: the pair may lose it in a failover."""
+
+    code = "not_replicated"
+    ja = ("書き込みを待機系が確認できませんでした。処理は完了していない可能性があります。"
+          "内容を確かめてから、もう一度お試しください。")
+    en = ("The standby did not confirm the write, so it may not have been saved. "
+          "Check, then try again.")
+
+
 class DecryptionFailed(KuraError):
     """A ciphertext or wrapped key did not authenticate: wrong key, or the
     stored bytes were altered or moved to another record, field or version.

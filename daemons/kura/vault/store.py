@@ -24,6 +24,7 @@ import functools
 import json
 import select
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from kura.core import audit
-from kura.core.errors import Standby, Unavailable
+from kura.core.errors import NotReplicated, Standby, Unavailable
 
 AUDIT_LOCK = 0x6B757261  # "kura"
 _LOCK_AND_HEAD = (
@@ -95,6 +96,13 @@ class ChainDiverged(Exception):
         self.at_trusted = at_trusted
 
 
+# PostgreSQL's warning when a commit stops waiting for its synchronous standby
+# ("canceling wait for synchronous replication ..."; the detail says the
+# transaction "has already committed locally, but might not have been
+# replicated to the standby").
+SYNC_WAIT_CANCELLED = "wait for synchronous replication"
+
+
 class Store:
     def __init__(self, dsn: str, min_size: int = 2, max_size: int = 16) -> None:
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
@@ -108,7 +116,11 @@ class Store:
             # it; checking each one as it is handed out spares the first requests
             # a 503 (see _check_connection: no round trip when nothing is amiss).
             check=_check_connection,
+            configure=self._configure,
         )
+        # Connections whose last commit came back with PostgreSQL's warning that
+        # it stopped waiting for the synchronous standby: committed here only.
+        self._unconfirmed: weakref.WeakSet[psycopg.AsyncConnection[Row]] = weakref.WeakSet()
         # The head the vault trusts; None until the vault has verified the chain
         # (or with [vault] audit_head_check off).
         self.trusted: audit.ChainHead | None = None
@@ -124,6 +136,17 @@ class Store:
         if self.head_check and (self.trusted is None or entry.seq > self.trusted.seq):
             self.trusted = entry
 
+    async def _configure(self, conn: psycopg.AsyncConnection[Row]) -> None:
+        ref = weakref.ref(conn)
+
+        def notice(diag: psycopg.errors.Diagnostic) -> None:
+            text = (diag.message_primary or "") + (diag.message_detail or "")
+            held = ref()
+            if held is not None and SYNC_WAIT_CANCELLED in text:
+                self._unconfirmed.add(held)
+
+        conn.add_notice_handler(notice)
+
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
 
@@ -134,11 +157,19 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         try:
             async with self.pool.connection() as conn:
+                self._unconfirmed.discard(conn)
                 async with conn.transaction():
                     tx = Tx(conn, self)
                     yield tx
                 if tx.appended is not None:
+                    # Committed here either way: the head outside follows it.
                     self.advance(tx.appended)
+                if conn in self._unconfirmed:
+                    # Committed locally, not confirmed by the standby: the
+                    # caller gets an error, never an acknowledgement.
+                    self._unconfirmed.discard(conn)
+                    self.role_suspect = True
+                    raise NotReplicated()
         except psycopg.errors.ReadOnlySqlTransaction as exc:
             # The database is a standby now (demoted, or never promoted).
             self.role_suspect = True
