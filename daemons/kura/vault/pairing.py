@@ -106,7 +106,10 @@ class PairingOperations(VaultBase):
             code=code,
             proposed_by=caller.actor,
             proposed_at=now,
-            monitor_uri=str(args.get("monitor_uri", "")),
+            # The standby's keeper joins the monitor this primary follows,
+            # unless the caller names another.
+            monitor_uri=str(args.get("monitor_uri")
+                            or (self.config.ha.monitor if self.config.ha else "")),
             ca_certificate=str(args.get("ca_certificate", "")),
         )
         detail["code_digest"] = pairing.code_digest(offer, code)
