@@ -112,6 +112,51 @@ def test_the_da_pairs_a_standby_from_the_console_and_an_sa_approves(
     assert any(e["detail"].get("id") == pid for e in audit(users["SA"], "ha.paired"))
 
 
+def pair_through_the_console(da: Api, sa: Api, served: Serving) -> str:
+    assert post(da, "/admin/ha/pair", {"address": served.address, "code": served.code}
+                ).status == 303
+    page = console(sa, "GET", "/admin/ha/pair").body.decode()
+    found = re.search(r'data-pairing="([0-9a-f-]{36})" data-state="proposed"', page)
+    assert found, page[-2000:]
+    assert post(sa, f"/admin/ha/pairings/{found.group(1)}/approve", {}).status == 303
+    assert post(da, f"/admin/ha/pairings/{found.group(1)}/deliver", {}).status == 303
+    return found.group(1)
+
+
+def test_an_unpaired_standby_can_be_paired_again(
+    appliance: LocalAppliance, users: dict[str, Api], serving: tuple[Standby, Serving]
+) -> None:
+    standby, served = serving
+    da, sa = signed_in(users["DA"]), signed_in(users["SA"])
+    pair_through_the_console(da, sa, served)
+    assert served.finish()[0] == 0
+    root = sealing.load_host(appliance.keys_dir)
+    assert sealing.load_host(standby.keys) == root
+
+    # Without --yes nothing is removed; with it the key and the pairing are gone.
+    asked = standby.kura("ha", "unpair")
+    assert asked.returncode == 2 and "--yes" in asked.stderr
+    assert sealing.read_seal(standby.keys) is not None
+    done = standby.kura("ha", "unpair", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "unpaired from kura-test-shared" in done.stdout
+    assert sealing.read_seal(standby.keys) is None
+    assert not (standby.keys / pairing.PAIRED_FILE).exists()
+    again = standby.kura("ha", "unpair", "--yes")
+    assert again.returncode == 1 and "not a paired standby" in again.stderr
+
+    # A new offer, a new code, the same ceremony: paired again.
+    served = Serving(standby, free_port())
+    try:
+        pair_through_the_console(da, sa, served)
+        code, screen = served.finish()
+        assert code == 0, screen
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+    assert sealing.load_host(standby.keys) == root
+
+
 def test_an_unreachable_standby_is_a_clear_error(
     users: dict[str, Api], tmp_path: Path
 ) -> None:

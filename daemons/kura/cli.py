@@ -6,6 +6,7 @@ kura vault init --seal MODE         make the root key and seal it
 kura ha offer --address ADDR        on a new standby: a pairing offer and its code
 kura ha accept ENVELOPE             on that standby: take the root key from the primary
 kura ha offer --address ADDR --serve   ... or wait for the primary's console to deliver it
+kura ha unpair --yes                on a paired standby: forget the key, to pair again
 kura audit export -o FILE           download a verifiable audit bundle
 kura audit verify FILE [--after OLD]  check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
@@ -130,6 +131,24 @@ def cmd_ha_offer(args: argparse.Namespace) -> int:
         return _serve_offer(args, keys_dir, pending.offer.expires)
     if not args.output:
         print(offer, end="")
+    return 0
+
+
+def cmd_ha_unpair(args: argparse.Namespace) -> int:
+    """On a paired standby: forget the root key and the pairing (re-pairing)."""
+    from kura import config
+    from kura.vault import pairing
+
+    cfg = config.load(args.config)
+    keys_dir = cfg.vault.keys_dir
+    if not args.yes:
+        print(f"kura ha unpair: this removes the sealed root key and the pairing in {keys_dir}; "
+              "stop kura-vault and drop this node from the formation first "
+              "(pg_autoctl drop node), then run again with --yes", file=sys.stderr)
+        return 2
+    paired = pairing.unpair(keys_dir)
+    print(f"unpaired from {paired.get('primary', 'the primary')}: the root key and the pairing "
+          f"are gone from {keys_dir}; pair again with kura ha offer --serve")
     return 0
 
 
@@ -425,6 +444,16 @@ def parser() -> argparse.ArgumentParser:
                    help="seal differently from the primary")
     a.add_argument("--with-key", default="auto", help="systemd-creds key: auto, tpm2, host")
     a.set_defaults(func=cmd_ha_accept)
+    u = ha.add_parser(
+        "unpair",
+        help="on a paired standby: forget the root key and the pairing",
+        description="Remove this standby's sealed root key, the pairing's parameters and "
+        "the audit head it followed, so that it can be paired again. Stop kura-vault and "
+        "drop the node from the formation (pg_autoctl drop node) first.",
+    )
+    u.add_argument("--config")
+    u.add_argument("--yes", action="store_true", help="really remove them")
+    u.set_defaults(func=cmd_ha_unpair)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True
