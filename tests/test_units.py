@@ -20,7 +20,8 @@ import pytest
 
 TOP = Path(__file__).parent.parent
 UNIT_DIR = TOP / "systemd"
-UNITS = ("kura-vault.service", "kura-console.service", "kura-hasync.service")
+UNITS = ("kura-vault.service", "kura-console.service", "kura-hasync.service",
+         "kura-keeper.service", "kura-witness.service")
 SEAL_DROPIN = UNIT_DIR / "seal-creds" / "kura-vault.service.d" / "50-seal-creds.conf"
 MAX_EXPOSURE = 2.0
 # The HA follower needs the host network and two network capabilities (issue 11: <= 3.0).
@@ -78,7 +79,7 @@ def fake_root(base: Path, *, with_seal_dropin: bool) -> Path:
         shutil.copy(SEAL_DROPIN, dropins / SEAL_DROPIN.name)
     bin_dir = root / "usr/bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for program in ("kura-vault", "kura-console", "kura-hasync"):
+    for program in ("kura-vault", "kura-console", "kura-hasync", "pg_autoctl"):
         stub = bin_dir / program
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
