@@ -166,6 +166,9 @@ def init(address: str, top: Path, runner: Runner = real_runner,
     env = {"PGPASSFILE": str(layout.pgpass)}
     create, status, start, stop = init_commands(layout, address)
     runner(create, None, SERVICE_USER, env)
+    hba = layout.pgdata / "pg_hba.conf"
+    if hba.exists():  # (the recorded runner of the tests makes no cluster)
+        _write(hba, formation.secure_hba(hba.read_text(encoding="utf-8")), 0o600)
     started = False
     try:
         runner(status, None, SERVICE_USER, env)

@@ -236,7 +236,7 @@ HASYNC_IDENT = f"{database.IDENT_MAP}   {HASYNC_USER}   {HASYNC_ROLE}"
 
 
 def render_hba(current: str) -> str:
-    text = database.render_hba(current)
+    text = database.render_hba(formation.secure_hba(current))
     return text.replace(database.HBA_END, f"{HASYNC_HBA}\n{database.HBA_END}", 1)
 
 
