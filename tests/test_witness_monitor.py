@@ -67,6 +67,7 @@ def test_witness_init_makes_a_monitor_that_only_trusts_its_ca() -> None:
     assert (code.address, code.port) == ("127.0.0.1", 5432)
     assert checks["ca_key_mode"] == "600:postgres"
     assert checks["trust_lines"] == "0"
+    assert checks["listener_errors"] == "0", out[-2000:]
     assert checks["verified"] == "t", out[-2000:]  # TLS, verify-full against the CA
     assert checks["health_check_period"] == "1s"  # kura.core.formation's timers
     assert checks["jit"] == "off"

@@ -30,7 +30,7 @@ from tests.test_witness_monitor import IMAGE, root_partition
 
 TOP = Path(__file__).resolve().parent.parent
 PATH = "/usr/lib/postgresql/17/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-WITNESS, NODE, VIP = "198.51.100.3", "198.51.100.11", "198.51.100.10/24"
+WITNESS, NODE, STANDBY, VIP = "198.51.100.3", "198.51.100.11", "198.51.100.12", "198.51.100.10/24"
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not IMAGE.exists() or shutil.which("nsenter") is None,
@@ -81,11 +81,11 @@ def _netns_pids(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def machines(work: Path) -> Iterator[tuple[Machine, Machine]]:
+def machines(work: Path) -> Iterator[tuple[Machine, Machine, Machine]]:
     offset, size = root_partition(IMAGE)
     made: list[Machine] = []
     try:
-        for name in ("witness", "node"):
+        for name in ("witness", "node", "standby"):
             holder = subprocess.Popen(
                 ["unshare", "-m", "-n", "--propagation", "private", "--fork", "sh", "-c",
                  "echo $$; exec sleep 900"], stdout=subprocess.PIPE,
@@ -98,18 +98,28 @@ def machines(work: Path) -> Iterator[tuple[Machine, Machine]]:
                             str(size), str(top), str(TOP)], check=True, capture_output=True,
                            timeout=60)
             made.append(Machine(name, holder, pid, str(top / "root")))
-        witness, node = made
+        witness, node, standby = made
+        # a bridge in the witness's namespace; the data nodes on veth pairs to it
         tag = f"kwt{os.getpid() % 100000}"
-        subprocess.run(["ip", "link", "add", f"{tag}w", "type", "veth", "peer", "name",
-                        f"{tag}n"], check=True)
-        for machine, end, address in ((witness, "w", WITNESS), (node, "n", NODE)):
+        in_witness = ["nsenter", "-t", str(witness.pid), "-n"]
+        subprocess.run([*in_witness, "ip", "link", "add", "br0", "type", "bridge"], check=True)
+        subprocess.run([*in_witness, "ip", "addr", "add", f"{WITNESS}/24", "dev", "br0"],
+                       check=True)
+        subprocess.run([*in_witness, "ip", "link", "set", "br0", "up"], check=True)
+        for machine, end, address in ((node, "a", NODE), (standby, "b", STANDBY)):
+            subprocess.run(["ip", "link", "add", f"{tag}{end}", "type", "veth", "peer", "name",
+                            f"{tag}{end}w"], check=True)
+            subprocess.run(["ip", "link", "set", f"{tag}{end}w", "netns", str(witness.pid)],
+                           check=True)
+            subprocess.run([*in_witness, "ip", "link", "set", f"{tag}{end}w", "master", "br0",
+                            "up"], check=True)
             subprocess.run(["ip", "link", "set", f"{tag}{end}", "netns", str(machine.pid)],
                            check=True)
             for args in (["addr", "add", f"{address}/24", "dev", f"{tag}{end}"],
                          ["link", "set", f"{tag}{end}", "up"]):
                 subprocess.run(["nsenter", "-t", str(machine.pid), "-n", "ip", *args],
                                check=True)
-        yield witness, node
+        yield witness, node, standby
     finally:
         for machine in made:
             # every process of the machine (the holder's sleep last among them): its
@@ -138,13 +148,13 @@ def wait(check: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_primary_joins_the_witness_from_first_boots_answers() -> None:
+def test_a_pair_joins_the_witness_from_first_boots_answers() -> None:
     work = Path(tempfile.mkdtemp(prefix="kura-witness-test-"))
     logs = work / "logs"
     logs.mkdir()
     began = time.monotonic()
     try:
-        with machines(work) as (witness, node):
+        with machines(work) as (witness, node, standby):
             env = ["env", "PYTHONPATH=/opt/kura/daemons"]
             out = witness.run([*env, "python3", "-m", "kura.cli", "witness", "init",
                                "--address", WITNESS])
@@ -158,7 +168,7 @@ def test_a_primary_joins_the_witness_from_first_boots_answers() -> None:
             enrolment = witness.run(["cat", "/root/node-a.kura-enrol"])
             node.run(["sh", "-c", "umask 077; cat > /root/node-a.kura-enrol"], input=enrolment)
             setup = node.run(["python3", "/opt/kura/tests/witness/node_setup.py", code_text,
-                              "/root/node-a.kura-enrol", VIP], timeout=240)
+                              "/root/node-a.kura-enrol", VIP, "primary"], timeout=240)
             assert setup.startswith("applied")
 
             def registered() -> bool:
@@ -182,8 +192,40 @@ def test_a_primary_joins_the_witness_from_first_boots_answers() -> None:
             assert "sslmode=verify-full&sslrootcert=/etc/kura-ha/ca.crt" in cfg
             assert core.decode(code_text).address == WITNESS
             print(f"witness made and primary joined in {joined:.1f} s")
+
+            # The standby: its own enrolment file, the same code; a base backup of the
+            # primary over TLS with the replication password the primary was given.
+            witness.run([*env, "python3", "-m", "kura.cli", "witness", "enrol", "--name",
+                         "node-b", "--address", STANDBY, "-o", "/root/node-b.kura-enrol"])
+            standby.run(["sh", "-c", "umask 077; cat > /root/node-b.kura-enrol"],
+                        input=witness.run(["cat", "/root/node-b.kura-enrol"]))
+            standby.run(["python3", "/opt/kura/tests/witness/node_setup.py", code_text,
+                         "/root/node-b.kura-enrol", VIP, "standby"], timeout=240)
+
+            def in_step() -> bool:
+                rows = witness.psql("select nodename, reportedstate from pgautofailover.node "
+                                    "order by nodename", "pg_auto_failover")
+                return rows == "node-a|primary\nnode-b|secondary"
+            wait(in_step, 120, "node-a primary and node-b secondary")
+            print(f"standby in step after {time.monotonic() - began:.1f} s")
+            assert standby.psql("select pg_is_in_recovery()") == "t"
+            # synchronous: pg_auto_failover names the standby in ANY 1 (...), "quorum"
+            assert node.psql("select sync_state from pg_stat_replication") == "quorum"
+            assert node.psql("show synchronous_standby_names").startswith("ANY 1 (")
+            ssl = node.psql("select s.ssl from pg_stat_ssl s join pg_stat_replication r "
+                            "using (pid)")
+            assert ssl == "t"
+            # a write on the primary is on the standby (its schema came by base backup)
+            node.psql("create table kura_witness_probe (id int); "
+                      "insert into kura_witness_probe values (7)", "kura")
+            wait(lambda: standby.psql("select id from kura_witness_probe", "kura") == "7", 20,
+                 "the write replicated")
     finally:
         keep = os.environ.get("KURA_WITNESS_KEEP_LOGS")
         if keep:
+            for name in ("node", "standby"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(work / name / "upper/var/log/keeper.log",
+                                logs / f"{name}-keeper.log")
             shutil.copytree(logs, keep, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -129,6 +129,24 @@ def init_commands(layout: Layout, address: str) -> list[list[str]]:
     ]
 
 
+# pg_autoctl's monitor listener connects over the Unix socket as autoctl_node; with
+# initdb's trust gone, only the postgres user of the host may do that (peer, mapped).
+MONITOR_IDENT = f"kura_witness   postgres   {formation.MONITOR_USER}"
+MONITOR_LOCAL = (f"local   {formation.MONITOR_DB}   {formation.MONITOR_USER}   "
+                 "peer map=kura_witness")
+
+
+def monitor_hba(current: str) -> str:
+    """The monitor's pg_hba.conf: no trust (formation.secure_hba), the listener's line
+    first."""
+    lines = formation.secure_hba(current).splitlines()
+    if MONITOR_LOCAL in lines:
+        return "\n".join(lines) + "\n"
+    at = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")),
+              len(lines))
+    return "\n".join([*lines[:at], MONITOR_LOCAL, *lines[at:]]) + "\n"
+
+
 def settings_sql(passwords: dict[str, str]) -> str:
     """The monitor's account passwords and its tuned timers (kura.core.formation)."""
     def literal(value: str) -> str:
@@ -168,7 +186,11 @@ def init(address: str, top: Path, runner: Runner = real_runner,
     runner(create, None, SERVICE_USER, env)
     hba = layout.pgdata / "pg_hba.conf"
     if hba.exists():  # (the recorded runner of the tests makes no cluster)
-        _write(hba, formation.secure_hba(hba.read_text(encoding="utf-8")), 0o600)
+        _write(hba, monitor_hba(hba.read_text(encoding="utf-8")), 0o600)
+        ident = layout.pgdata / "pg_ident.conf"
+        current = ident.read_text(encoding="utf-8") if ident.exists() else ""
+        if MONITOR_IDENT not in current:
+            _write(ident, current + MONITOR_IDENT + "\n", 0o600)
     started = False
     try:
         runner(status, None, SERVICE_USER, env)

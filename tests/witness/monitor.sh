@@ -65,5 +65,8 @@ if in_root runuser -u nobody -- psql -X -At -w -h 127.0.0.1 -U postgres -d postg
 elif in_root runuser -u nobody -- psql -X -At -w -U postgres -d postgres -c 'select 1' \
     >/dev/null 2>&1; then echo "check local_superuser accepted"
 else echo "check local_superuser refused"; fi
+# pg_autoctl's own monitor listener connects over the socket as autoctl_node (peer, mapped)
+sleep 1
+echo "check listener_errors $(grep -c 'authentication failed' "$work/run.log" || true)"
 in_root runuser -u postgres -- env PGDATA=$W/pgdata pg_autoctl stop >/dev/null 2>&1 || true
 wait || true

@@ -1,8 +1,8 @@
 """Run inside a data node's root (the image's python3): first boot's role and database
-steps for a primary, from the enrol code and the enrolment file, with the keeper's unit
+steps for a primary or a standby, from the enrol code and the enrolment file, with the keeper's unit
 stood in for by a background ``pg_autoctl run`` (no systemd here).
 
-Arguments: ENROL_CODE ENROLMENT_FILE VIP"""
+Arguments: ENROL_CODE ENROLMENT_FILE VIP ROLE"""
 
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ def runner(argv: Sequence[str], data: bytes | None) -> bytes:
 
 
 def main() -> None:
-    code, path, vip = sys.argv[1:4]
+    code, path, vip, role = sys.argv[1:5]
     with open(path, encoding="utf-8") as source:
         enrolment = source.read()
     pair = ha.parse_pair({"enrol_code": code, "enrolment": enrolment, "vip": vip},
                          datetime.datetime.now(datetime.UTC))
     system = System(runner=runner)
     ha.install_files(system, pair)
-    applied = ha.setup_node(system, "primary", pair.to_json())
+    applied = ha.setup_node(system, role, pair.to_json())
     print("applied", " ".join(map(str, applied)), flush=True)
 
 
