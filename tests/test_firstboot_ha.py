@@ -226,3 +226,41 @@ def test_witness_runs_kura_witness_and_nothing_else(tmp_path: Path) -> None:
     assert f"[witness.code] Enrol code: {code}" in out.getvalue()
     assert wizard.journal.answers["role"]["witness"]["enrol_code"] == code
     assert wizard.journal.answers["database"]["skipped"] == "witness"
+
+
+def test_interactive_pair_role_asks_again_until_right(
+        tmp_path: Path, witness: tuple[core.Issued, core.EnrolCode, dict[str, str]]) -> None:
+    """On the console: a mistyped code, an enrolment file from another witness and the
+    node's own address as VIP are each refused in both languages and asked again."""
+    import os
+
+    ca, code, passwords = witness
+    good = core.make_bundle(ca, code, "node-a", "192.0.2.11", passwords, NOW).to_json()
+    forged = core.make_bundle(core.make_ca("impostor", NOW), code, "node-a", "192.0.2.11",
+                              passwords, NOW).to_json()
+    text = core.encode(code)
+    typo = text[:-1] + ("0" if text[-1] != "0" else "1")
+    lines = ["primary", typo, text, *forged.splitlines(), "", *good.splitlines(), "",
+             "192.0.2.11/24", "192.0.2.10/24", ""]
+    read, write = os.pipe()
+    os.write(write, ("\n".join(lines) + "\n").encode())
+    os.close(write)
+    system, _recorder = make_system(tmp_path)
+    journal = Journal.load(system)
+    journal.complete("network", NETWORK_DONE)
+    journal.complete("hostname", {"hostname": "kura-a"})
+    journal.complete("time", {"timezone": "Asia/Tokyo", "ntp": []})
+    out = io.StringIO()
+    wizard = Wizard(system, Terminal(read, out, "ja"), journal)
+    try:
+        wizard.step_role()
+    finally:
+        os.close(read)
+    said = out.getvalue()
+    assert said.count("[ha.code]") == 2 and "検査値が一致しません" in said
+    assert said.count("[ha.enrolment]") == 2 and "登録コードと一致しません" in said
+    assert said.count("[ha.vip]") == 2 and "ノード自身のアドレス" in said
+    assert journal.answers["role"]["ha"] == {
+        "node": "node-a", "address": "192.0.2.11", "monitor": "192.0.2.3", "port": 5432,
+        "pin": code.pin.hex(), "vip": "192.0.2.10/24", "interface": "ens3"}
+    assert ha.passwords(system) == passwords

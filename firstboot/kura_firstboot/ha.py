@@ -97,6 +97,10 @@ def check_code(value: object) -> core.EnrolCode:
         raise BadValue(exc.message_en, exc.message_ja) from None
 
 
+def encode_code(code: core.EnrolCode) -> str:
+    return core.encode(code)
+
+
 def check_bundle(text: str, code: core.EnrolCode, now: datetime.datetime) -> core.Bundle:
     try:
         return core.read_bundle(text, code, now)

@@ -235,7 +235,8 @@ class Wizard:
         if self.answers is not None:
             assert self.answers.pair is not None  # answers.parse demands [ha]
             return self.answers.pair
-        code = self._ask_valid("ha.code", ha.check_code)
+        # _ask_valid keeps text: the code as the witness shows it, then decoded again
+        code = self._ask_valid("ha.code", lambda v: ha.encode_code(ha.check_code(v)))
         decoded = ha.check_code(code)
         while True:
             text = self._paste("ha.enrolment").decode()
