@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from kura.core import witness as core
+from kura_firstboot import ha
 from tests.test_witness_monitor import IMAGE, root_partition
 
 TOP = Path(__file__).resolve().parent.parent
@@ -191,6 +192,12 @@ def test_a_pair_joins_the_witness_from_first_boots_answers() -> None:
                             "/var/lib/postgresql/17/kura-ha/pg_autoctl.cfg"])
             assert "sslmode=verify-full&sslrootcert=/etc/kura-ha/ca.crt" in cfg
             assert core.decode(code_text).address == WITNESS
+            # kura-hasync's monitor connection as kura.toml's [ha] names it (verify-full,
+            # its own password file): the image has no kura-hasync user, so as root here
+            hasync = ha.hasync_monitor_uri(WITNESS, 5432)
+            assert node.run(["psql", "-X", "-At", "-w", hasync, "-c",
+                             "select ssl from pg_stat_ssl where pid = pg_backend_pid()"]
+                            ).strip() == "t"
             print(f"witness made and primary joined in {joined:.1f} s")
 
             # The standby: its own enrolment file, the same code; a base backup of the
