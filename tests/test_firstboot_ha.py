@@ -264,3 +264,20 @@ def test_interactive_pair_role_asks_again_until_right(
         "node": "node-a", "address": "192.0.2.11", "monitor": "192.0.2.3", "port": 5432,
         "pin": code.pin.hex(), "vip": "192.0.2.10/24", "interface": "ens3"}
     assert ha.passwords(system) == passwords
+
+
+def test_a_witness_status_screen_shows_the_enrol_code(tmp_path: Path) -> None:
+    from kura_firstboot import status
+
+    system, _recorder = make_system(tmp_path)
+    journal = Journal.load(system)
+    journal.complete("network", NETWORK_DONE)
+    journal.complete("hostname", {"hostname": "kura-w"})
+    journal.complete("time", {"timezone": "Asia/Tokyo", "ntp": []})
+    journal.complete("role", {"role": "witness",
+                              "witness": {"address": "192.0.2.3", "enrol_code": "KW1-ABCDE"}})
+    out = io.StringIO()
+    assert status.show(system, Terminal(None, out)) is None
+    said = out.getvalue()
+    assert "[status.witness]" in said and "KW1-ABCDE" in said
+    assert "status.url" not in said and "status.vault" not in said

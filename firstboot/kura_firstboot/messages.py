@@ -132,6 +132,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Making the witness (CA and monitor) at {address}…",
     ),
     "witness.code": ("登録コード: {code}", "Enrol code: {code}"),
+    "status.witness": (
+        "ウィットネス（pg_auto_failover のモニター）。データノードの登録コード: {code}",
+        "Witness (pg_auto_failover's monitor). The data nodes' enrol code: {code}",
+    ),
     # --- TLS --------------------------------------------------------------------------
     "tls.mode": ("Web コンソールの TLS 証明書", "The web console's TLS certificate"),
     "tls.self_signed": ("この装置で作成（自己署名）", "make one here (self-signed)"),
