@@ -71,6 +71,13 @@ def test_init_refuses_to_replace_a_witness(tmp_path: Path) -> None:
     assert (tmp_path / "tls/ca.crt").read_bytes() == ca
 
 
+def test_an_unfinished_init_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "pgdata").mkdir()
+    with pytest.raises(KuraError, match="did not finish") as caught:
+        witness.init("192.0.2.3", tmp_path, Recorder())
+    assert "削除して再実行" in caught.value.message_ja
+
+
 def test_a_failed_setting_still_stops_the_monitor(tmp_path: Path) -> None:
     class Failing(Recorder):
         def __call__(self, argv: list[str], stdin: str | None, user: str,

@@ -163,9 +163,14 @@ def init(address: str, top: Path, runner: Runner = real_runner,
     """Make the CA, the monitor's certificate and passwords, and the monitor itself with
     the formation's timers; returns the enrol code. Refuses a folder already set up."""
     layout = Layout(top)
-    if layout.state.exists() or layout.pgdata.exists():
+    if layout.state.exists():
         raise KuraError(f"{top} already holds a witness; refusing to replace its CA",
                         f"{top} には既にウィットネスがあります。CA は作り直しません。")
+    if layout.pgdata.exists():
+        raise KuraError(f"an earlier kura witness init in {top} did not finish; no node can "
+                        f"have joined it: remove {top} and run it again",
+                        f"{top} での以前の kura witness init は完了していません（参加したノードは"
+                        f"ありません）。{top} を削除して再実行してください。")
     when = now or datetime.datetime.now(datetime.UTC)
     if port != formation.PORT:
         raise KuraError(f"only port {formation.PORT} is supported",
