@@ -212,6 +212,28 @@ def test_standby_skips_seal_and_admin_and_writes_ha(
     assert answers_kept["seal"]["skipped"] == "standby"
 
 
+def test_the_node_is_made_once_and_an_unfinished_create_resumed(
+        tmp_path: Path, witness: tuple[core.Issued, core.EnrolCode, dict[str, str]]) -> None:
+    wizard, _out, recorder = wizard_for(tmp_path, pair_file(witness, role="standby"))
+    system = wizard.system
+    wizard.step_role()
+    saved = wizard.journal.answers["role"]["ha"]
+
+    def creates() -> int:
+        return sum("pg_autoctl create postgres" in c for c in recorder.commands())
+    ha.setup_node(system, "standby", saved)
+    assert creates() == 1
+    system.path(f"{ha.PGDATA}/PG_VERSION").parent.mkdir(parents=True, exist_ok=True)
+    system.path(f"{ha.PGDATA}/PG_VERSION").write_text("17\n")
+    system.path(ha.INIT_FILE).parent.mkdir(parents=True)
+    system.path(ha.INIT_FILE).write_text("")
+    ha.setup_node(system, "standby", saved)  # pg_autoctl's own create resumes
+    assert creates() == 2
+    system.path(ha.INIT_FILE).unlink()
+    ha.setup_node(system, "standby", saved)  # made: only the settings again
+    assert creates() == 2
+
+
 def test_witness_runs_kura_witness_and_nothing_else(tmp_path: Path) -> None:
     wizard, out, recorder = wizard_for(tmp_path, 'role = "witness"\n' + BASE)
     code = "KW1-ABCDE"

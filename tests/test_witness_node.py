@@ -192,6 +192,11 @@ def test_a_pair_joins_the_witness_from_first_boots_answers() -> None:
                             "/var/lib/postgresql/17/kura-ha/pg_autoctl.cfg"])
             assert "sslmode=verify-full&sslrootcert=/etc/kura-ha/ca.crt" in cfg
             assert core.decode(code_text).address == WITNESS
+            # where first boot looks for an unfinished create (ha.INIT_FILE): pg_autoctl's
+            # own state folder, the init file gone once create finished
+            state_dir = ha.INIT_FILE.rsplit("/", 1)[0]
+            listing = node.run(["ls", state_dir]).split()
+            assert "pg_autoctl.state" in listing and "pg_autoctl.init" not in listing
             # kura-hasync's monitor connection as kura.toml's [ha] names it (verify-full,
             # its own password file): the image has no kura-hasync user, so as root here
             hasync = ha.hasync_monitor_uri(WITNESS, 5432)

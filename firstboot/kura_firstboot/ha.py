@@ -35,6 +35,9 @@ KEY_FILE = f"{HA_DIR}/node.key"
 HASYNC_PGPASS = f"{HA_DIR}/hasync.pgpass"
 PGDATA = f"/var/lib/postgresql/{formation.PG_VERSION}/kura-ha"
 PGPASS = "/var/lib/postgresql/.pgpass"
+# pg_autoctl keeps this file while a `create` is unfinished and resumes from it when run
+# again (XDG_DATA_HOME of the postgres user)
+INIT_FILE = f"/var/lib/postgresql/.local/share/pg_autoctl{PGDATA}/pg_autoctl.init"
 KEEPER_UNIT = "kura-keeper.service"
 HASYNC_UNIT = "kura-hasync.service"
 WITNESS_UNIT = "kura-witness.service"
@@ -311,8 +314,8 @@ def setup_node(system: System, role: str, saved: dict[str, Any]) -> list[int]:
     system.make_dir(f"/var/lib/postgresql/{formation.PG_VERSION}", 0o755, (uid, gid))
     commands = node_commands(saved["node"], saved["address"], saved["monitor"],
                              int(saved["port"]))
-    if not system.exists(f"{PGDATA}/PG_VERSION"):
-        system.run(*_as_postgres(*commands[0]))
+    if not system.exists(f"{PGDATA}/PG_VERSION") or system.exists(INIT_FILE):
+        system.run(*_as_postgres(*commands[0]))  # new, or cut short by a power cut
     for command in commands[1:]:
         system.run(*_as_postgres(*command))
     system.systemctl("enable", "--now", KEEPER_UNIT)
