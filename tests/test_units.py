@@ -184,3 +184,15 @@ def test_hasync_has_only_the_network_capabilities() -> None:
     assert hasync["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
     assert hasync["ExecStopPost"] == ["/usr/bin/kura-hasync --config /etc/kura/kura.toml --release"]
     assert hasync["Group"] == settings("kura-vault.service")["Group"]  # the vault reads its status
+
+
+def test_every_units_user_exists_on_the_image() -> None:
+    """A unit whose User= is nowhere declared fails at start ("Failed to determine user
+    credentials"): each is made by the image's sysusers.d, or by Debian's packages."""
+    sysusers = (TOP / "provisioning/files/usr/lib/sysusers.d/kura.conf").read_text()
+    declared = {line.split()[1] for line in sysusers.splitlines()
+                if line.startswith("u ")}
+    from_packages = {"root", "postgres"}  # postgresql-common makes postgres
+    for unit in sorted(UNIT_DIR.glob("*.service")):
+        for user in settings(unit.name).get("User", []):
+            assert user in declared | from_packages, f"{unit.name}: User={user}"
