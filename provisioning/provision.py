@@ -47,8 +47,9 @@ ENABLE = [
     "systemd-timesyncd.service",
 ]
 # Installed but left disabled: first boot enables them for the role the admin
-# chose (a primary or standby of an HA pair runs kura-hasync).
-BY_ROLE = ["kura-hasync.service"]
+# chose (a primary or standby of an HA pair runs kura-hasync and the keeper, a
+# witness runs pg_auto_failover's monitor).
+BY_ROLE = ["kura-hasync.service", "kura-keeper.service", "kura-witness.service"]
 # No login prompt anywhere: the consoles belong to kura-tty@ (wizard, then status).
 MASK = ["getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service"]
 CMDLINE = "root=PARTUUID={partuuid} ro rootwait console=tty1 console=ttyS0,115200 panic=10"

@@ -133,8 +133,7 @@ def test_interactive_setup_resume_and_factory_reset(
     serial.expect("time.ntp")
     serial.send("ntp.nict.jp")
     serial.expect("role")
-    serial.send("standby")
-    assert "later" in serial.expect("role.later")
+    serial.send("single")
     serial.expect("tls.mode")
     serial.send("")
     serial.expect("tls.fingerprint")
@@ -207,10 +206,10 @@ def test_interactive_setup_resume_and_factory_reset(
 
     # What the appliance now holds.
     journal = json.loads(state(system))
-    assert journal["next"] is None and journal["answers"]["role"]["role"] == "standby"
+    assert journal["next"] is None and journal["answers"]["role"]["role"] == "single"
     assert journal["answers"]["tls"]["fingerprint"] == fingerprint
     assert (system.root / "var/lib/kura/firstboot.done").exists()
-    assert (system.root / "etc/kura/role").read_text() == "standby\n"
+    assert (system.root / "etc/kura/role").read_text() == "single\n"
     cfg = config.parse(__import__("tomllib").loads(
         (system.root / "etc/kura/kura.toml").read_text()))
     assert cfg.appliance == "kura01"

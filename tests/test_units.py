@@ -20,7 +20,8 @@ import pytest
 
 TOP = Path(__file__).parent.parent
 UNIT_DIR = TOP / "systemd"
-UNITS = ("kura-vault.service", "kura-console.service", "kura-hasync.service")
+UNITS = ("kura-vault.service", "kura-console.service", "kura-hasync.service",
+         "kura-keeper.service", "kura-witness.service")
 SEAL_DROPIN = UNIT_DIR / "seal-creds" / "kura-vault.service.d" / "50-seal-creds.conf"
 MAX_EXPOSURE = 2.0
 # The HA follower needs the host network and two network capabilities (issue 11: <= 3.0).
@@ -78,7 +79,7 @@ def fake_root(base: Path, *, with_seal_dropin: bool) -> Path:
         shutil.copy(SEAL_DROPIN, dropins / SEAL_DROPIN.name)
     bin_dir = root / "usr/bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for program in ("kura-vault", "kura-console", "kura-hasync"):
+    for program in ("kura-vault", "kura-console", "kura-hasync", "pg_autoctl"):
         stub = bin_dir / program
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
@@ -183,3 +184,15 @@ def test_hasync_has_only_the_network_capabilities() -> None:
     assert hasync["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
     assert hasync["ExecStopPost"] == ["/usr/bin/kura-hasync --config /etc/kura/kura.toml --release"]
     assert hasync["Group"] == settings("kura-vault.service")["Group"]  # the vault reads its status
+
+
+def test_every_units_user_exists_on_the_image() -> None:
+    """A unit whose User= is nowhere declared fails at start ("Failed to determine user
+    credentials"): each is made by the image's sysusers.d, or by Debian's packages."""
+    sysusers = (TOP / "provisioning/files/usr/lib/sysusers.d/kura.conf").read_text()
+    declared = {line.split()[1] for line in sysusers.splitlines()
+                if line.startswith("u ")}
+    from_packages = {"root", "postgres"}  # postgresql-common makes postgres
+    for unit in sorted(UNIT_DIR.glob("*.service")):
+        for user in settings(unit.name).get("User", []):
+            assert user in declared | from_packages, f"{unit.name}: User={user}"

@@ -7,6 +7,9 @@ kura ha offer --address ADDR        on a new standby: a pairing offer and its co
 kura ha accept ENVELOPE             on that standby: take the root key from the primary
 kura ha offer --address ADDR --serve   ... or wait for the primary's console to deliver it
 kura ha unpair --yes                on a paired standby: forget the key, to pair again
+kura witness init --address ADDR   on the witness: its CA and pg_auto_failover's monitor
+kura witness enrol-code             on the witness: the code a data node is set up with
+kura witness enrol --name N --address ADDR -o FILE   a data node's enrolment file
 kura audit export -o FILE           download a verifiable audit bundle
 kura audit verify FILE [--after OLD]  check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
@@ -203,6 +206,60 @@ def cmd_ha_accept(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_witness_init(args: argparse.Namespace) -> int:
+    from kura import witness
+    from kura.core import witness as core
+
+    top = Path(args.dir)
+    code = witness.init(args.address, top, name=args.name)
+    extra = witness.dropin(top)
+    if extra is not None:
+        witness.DROPIN.parent.mkdir(parents=True, exist_ok=True)
+        witness.DROPIN.write_text(extra, encoding="utf-8")
+        print(f"wrote {witness.DROPIN} (the witness lives in {top}); run systemctl daemon-reload")
+    ca = (witness.Layout(top).tls / "ca.crt").read_bytes()
+    print(f"monitor made in {witness.Layout(top).pgdata} for {args.address}")
+    print(f"CA SHA-256 fingerprint: {core.format_fingerprint(core.ca_fingerprint(ca))}")
+    print(f"enrol code / 登録コード:  {core.encode(code)}")
+    print(f"start it: systemctl enable --now {witness.UNIT}")
+    return 0
+
+
+def cmd_witness_enrol_code(args: argparse.Namespace) -> int:
+    from kura import witness
+    from kura.core import witness as core
+
+    top = Path(args.dir)
+    code = witness.load_code(top)
+    ca = (witness.Layout(top).tls / "ca.crt").read_bytes()
+    if args.quiet:
+        print(core.encode(code))
+        return 0
+    print(f"enrol code / 登録コード:  {core.encode(code)}")
+    print(f"monitor {code.address}:{code.port}, CA SHA-256 "
+          f"{core.format_fingerprint(core.ca_fingerprint(ca))}")
+    return 0
+
+
+def cmd_witness_enrol(args: argparse.Namespace) -> int:
+    from kura import witness
+    from kura.core import witness as core
+
+    top = Path(args.dir)
+    output = Path(args.output or f"{args.name}.kura-enrol")
+    bundle = witness.enrol(top, args.name, args.address)
+    try:
+        witness.write_bundle(bundle, output)
+    except FileExistsError:
+        raise KuraError(f"{output} exists; not overwriting it",
+                        f"{output} は既にあります。上書きしません。") from None
+    print(f"wrote {output} (0600) for node {args.name} at {args.address}: it holds the "
+          "node's private key and the formation's passwords; carry it to the node by hand "
+          "and delete it afterwards")
+    print(f"enrol code / 登録コード:  {core.encode(witness.load_code(top))}")
+    return 0
+
+
 def _export_password(args: argparse.Namespace) -> str:
     """The SA's password without putting it in argv (ps, shell history): from
     file descriptor ``--password-fd`` (first line), else $KURA_PASSWORD, else
@@ -349,6 +406,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return devserver.main(state, port, seal, os.environ.get("KURA_DA_PASSWORD"))
 
 
+DEFAULT_WITNESS_DIR = Path("/var/lib/kura-witness")
+
 # Four or more digits, possibly split by hyphens or spaces of either width.
 _DIGIT_RUN = re.compile(r"\d(?:[ \u3000\-\u2010-\u2015\u2212\uff0d\u30fc]*\d){3,}")
 
@@ -454,6 +513,42 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--config")
     u.add_argument("--yes", action="store_true", help="really remove them")
     u.set_defaults(func=cmd_ha_unpair)
+
+    wit = sub.add_parser("witness", help="the HA pair's witness (any Debian host)")
+    wsub = wit.add_subparsers(dest="witness", required=True)
+    wi = wsub.add_parser(
+        "init",
+        help="make the formation's CA and pg_auto_failover's monitor",
+        description="Make the formation's CA (its key 0600, owner postgres), the monitor's "
+        "certificate for ADDR, the formation's passwords and the monitor itself "
+        "(pg_autoctl create monitor, TLS verify-full, scram-sha-256, Kura's timers); print "
+        "the enrol code. Needs pg-auto-failover-cli and postgresql-17-auto-failover. "
+        "Refuses a folder already set up.",
+    )
+    wi.add_argument("--address", required=True,
+                    help="the address (or DNS name) the data nodes reach the monitor at")
+    wi.add_argument("--dir", default=str(DEFAULT_WITNESS_DIR),
+                    help=f"the witness's folder (default {DEFAULT_WITNESS_DIR})")
+    wi.add_argument("--name", help="a name for the CA (default: the address)")
+    wi.set_defaults(func=cmd_witness_init)
+    wc = wsub.add_parser("enrol-code", help="print the code a data node is set up with")
+    wc.add_argument("--dir", default=str(DEFAULT_WITNESS_DIR))
+    wc.add_argument("-q", "--quiet", action="store_true", help="only the code")
+    wc.set_defaults(func=cmd_witness_enrol_code)
+    we = wsub.add_parser(
+        "enrol",
+        help="a data node's enrolment file: its certificate and the passwords",
+        description="Make a certificate for the data node NAME at ADDR, signed by the "
+        "witness's CA, and write it with its key and the formation's passwords to an "
+        "enrolment file (0600; default NAME.kura-enrol). The node checks the file against "
+        "the enrol code at first boot.",
+    )
+    we.add_argument("--dir", default=str(DEFAULT_WITNESS_DIR))
+    we.add_argument("--name", required=True, help="the node's name (pg_autoctl --name)")
+    we.add_argument("--address", required=True, help="the node's address, as its peers "
+                    "and the monitor reach it")
+    we.add_argument("-o", "--output", help="the file to write (must not exist)")
+    we.set_defaults(func=cmd_witness_enrol)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True

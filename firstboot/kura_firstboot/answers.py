@@ -19,10 +19,11 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kura_firstboot import checks
+from kura_firstboot import checks, ha
 from kura_firstboot.errors import AnswersError, BadValue
 from kura_firstboot.system import System
 
@@ -31,12 +32,15 @@ USB_LABEL = "KURA-SETUP"
 USB_FILE = "kura-setup.toml"
 
 _SECTIONS: dict[str, frozenset[str]] = {
-    "": frozenset({"language", "role", "network", "host", "tls", "seal", "admin"}),
+    "": frozenset({"language", "role", "network", "host", "tls", "seal", "admin", "ha",
+                   "witness"}),
     "network": frozenset({"interface", "mac", "mode", "address", "gateway", "dns"}),
     "host": frozenset({"hostname", "timezone", "ntp"}),
     "tls": frozenset({"mode", "cert", "key"}),
     "seal": frozenset({"mode", "threshold", "shares"}),
     "admin": frozenset({"username", "password"}),
+    "ha": frozenset({"enrol_code", "enrolment", "node", "vip", "interface"}),
+    "witness": frozenset({"address"}),
 }
 _REQUIRED = ("host.hostname", "seal.mode", "admin.password")
 _UNKNOWN = ("unknown setting (misspelt?)", "不明な設定です（綴りの誤り？）")
@@ -68,6 +72,8 @@ class Answers:
     threshold: int = 3
     shares: int = 5
     admin_username: str = "admin"
+    pair: ha.PairAnswers | None = field(default=None, repr=False)  # role primary/standby
+    witness_address: str | None = None  # role witness
 
 
 def parse(text: str) -> Answers:
@@ -152,12 +158,17 @@ def parse(text: str) -> Answers:
         # The policy's reasons never quote the password.
         raise AnswersError("admin.password", exc.en, exc.ja) from None
 
+    role = _get(raw, "role", "single", lambda v: checks.one_of(v, checks.ROLES))
+    ha.check_role_sections(role, raw)
+    pair = ha.parse_pair(raw["ha"], datetime.now(UTC)) if role in ha.PAIR_ROLES else None
+    witness = ha.parse_witness(raw.get("witness", {}), address) if role == "witness" else None
+
     return Answers(
         hostname=_get(host, "host.hostname", "", checks.hostname),
         seal_mode=_get(seal, "seal.mode", "", lambda v: checks.one_of(v, checks.SEAL_MODES)),
         admin_password=password,
         language=_get(raw, "language", "en", lambda v: checks.one_of(v, ("ja", "en"))),
-        role=_get(raw, "role", "single", lambda v: checks.one_of(v, checks.ROLES)),
+        role=role,
         network=network,
         timezone=_get(host, "host.timezone", "Asia/Tokyo", _timezone),
         ntp=_get(host, "host.ntp", [], lambda v: checks.address_list(v, "ntp")),
@@ -167,6 +178,8 @@ def parse(text: str) -> Answers:
         threshold=threshold,
         shares=count,
         admin_username=username,
+        pair=pair,
+        witness_address=witness,
     )
 
 

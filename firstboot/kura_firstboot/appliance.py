@@ -48,12 +48,13 @@ def render_config(appliance: str, console_uid: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_config(system: System, appliance: str) -> bool:
+def write_config(system: System, appliance: str, extra: str = "") -> bool:
+    """``extra``: a data node's ``[ha]`` section (kura_firstboot.ha.render_ha_section)."""
     console_uid, _ = system.user("kura-console")
     kura_gid = system.group("kura")
     system.make_dir("/etc/kura", 0o750, (0, kura_gid))
     return system.write_file(
-        CONFIG, render_config(appliance, console_uid), 0o640, (0, kura_gid)
+        CONFIG, render_config(appliance, console_uid) + extra, 0o640, (0, kura_gid)
     )
 
 

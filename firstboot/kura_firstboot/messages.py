@@ -91,11 +91,50 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "role.primary": ("プライマリ", "primary"),
     "role.standby": ("スタンバイ", "standby"),
     "role.witness": ("ウィットネス", "witness"),
-    "role.later": (
-        "役割 {role} を記録しました。冗長構成（ペア）は今後のバージョンで設定します。"
-        "それまでは単体として動作します。",
-        "Role {role} recorded. The pair is set up in a later version; until then this appliance "
-        "works alone.",
+    "role.skip": ("役割 {role} では不要なため省略します。", "Not needed for role {role}: skipped."),
+    # --- the HA pair (docs/ha.md, "Setting up a pair") ---------------------------------
+    "ha.code": (
+        "ウィットネスの登録コード（kura witness enrol-code、KW1-…）",
+        "The witness's enrol code (kura witness enrol-code, KW1-…)",
+    ),
+    "ha.enrolment": (
+        "このノードの登録ファイル（kura witness enrol が作成）の内容を貼り付け、最後に空行を"
+        "入力してください",
+        "Paste this node's enrolment file (made by kura witness enrol), then an empty line",
+    ),
+    "ha.vip": (
+        "浮動アドレス（クライアントが使う仮想 IP、接頭辞長付き、例 192.0.2.10/24）",
+        "The floating address (the virtual IP clients use, with its prefix, e.g. 192.0.2.10/24)",
+    ),
+    "ha.interface": (
+        "浮動アドレスを置くインターフェース", "The link that carries the floating address"
+    ),
+    "ha.enrolled": (
+        "ノード {node} として、モニター {monitor} の CA を確認しました。",
+        "Node {node}: the CA of the monitor at {monitor} matches the enrol code.",
+    ),
+    "ha.node_working": (
+        "pg_auto_failover のノードを作成しています（{role}）…",
+        "Making this node of pg_auto_failover's formation ({role})…",
+    ),
+    "ha.standby_pair": (
+        "ルート鍵はプライマリからペアリングで受け取ります: kura ha offer --address {address}"
+        " を実行し、表示されたコードをプライマリで入力してください。",
+        "The root key comes from the primary by pairing: run kura ha offer --address {address}"
+        " and type the code it shows on the primary.",
+    ),
+    "witness.address": (
+        "データノードがこのウィットネスに接続するアドレス",
+        "The address the data nodes reach this witness at",
+    ),
+    "witness.working": (
+        "ウィットネス（CA とモニター）を {address} に作成しています…",
+        "Making the witness (CA and monitor) at {address}…",
+    ),
+    "witness.code": ("登録コード: {code}", "Enrol code: {code}"),
+    "status.witness": (
+        "ウィットネス（pg_auto_failover のモニター）。データノードの登録コード: {code}",
+        "Witness (pg_auto_failover's monitor). The data nodes' enrol code: {code}",
     ),
     # --- TLS --------------------------------------------------------------------------
     "tls.mode": ("Web コンソールの TLS 証明書", "The web console's TLS certificate"),

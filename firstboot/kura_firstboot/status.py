@@ -39,6 +39,11 @@ def show(system: System, term: Terminal) -> dict[str, object] | None:
     journal = Journal.load(system)
     name = journal.answers.get("hostname", {}).get("hostname", "kura")
     term.say("status.title", name=name)
+    role = journal.answers.get("role", {})
+    if role.get("role") == "witness":
+        # no vault, no web console: what the data nodes need instead
+        term.say("status.witness", code=role.get("witness", {}).get("enrol_code", "-"))
+        return None
     term.say("status.url", url=f"https://{address(system, journal)}/")
     term.say("status.fingerprint", fingerprint=certificate.fingerprint(system) or "-")
     status = appliance.vault_status(system)

@@ -9,10 +9,11 @@ the shares) live only in this object's memory and on the terminal.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 
 from kura.core.errors import KuraError
-from kura_firstboot import appliance, certificate, checks, database, host, network
+from kura_firstboot import appliance, certificate, checks, database, ha, host, network
 from kura_firstboot.answers import Answers
 from kura_firstboot.errors import BadValue, InputTimeout, StepFailed
 from kura_firstboot.journal import STAMP_FILE, STEPS, Journal
@@ -194,14 +195,75 @@ class Wizard:
             role = self.term.choose(
                 "role", [(r, f"role.{r}") for r in checks.ROLES], "single"
             )
-        if role != "single":
-            self.term.say("role.later", role=role)
+        values: dict[str, object] = {"role": role}
+        if role in ha.PAIR_ROLES:
+            pair = self._pair_answers()
+            for secret in pair.bundle.passwords.values():
+                self.journal.forbid(secret)
+            ha.install_files(self.system, pair)
+            values["ha"] = pair.to_json()
+            self.term.say("ha.enrolled", node=pair.node, monitor=pair.code.address)
+        elif role == "witness":
+            address = self._witness_address()
+            self.term.say("witness.working", address=address)
+            try:
+                code = ha.setup_witness(self.system, address)
+            except KuraError as exc:
+                raise StepFailed(f"kura witness init: {exc.message_en}",
+                                 f"kura witness init: {exc.message_ja}") from None
+            self.term.say("witness.code", code=code)
+            values["witness"] = {"address": address, "enrol_code": code}
         host.set_role(self.system, role)
-        self.journal.complete("role", {"role": role})
+        self.journal.complete("role", values)
+
+    @property
+    def role(self) -> str:
+        return str(self.journal.answers.get("role", {}).get("role", "single"))
+
+    def _skip(self, step: str) -> bool:
+        """Steps a witness (no vault) or a standby (its key and accounts come from the
+        primary) does not run; recorded as skipped, in order."""
+        skip = {"witness": ("tls", "database", "seal", "vault", "admin"),
+                "standby": ("seal", "admin")}.get(self.role, ())
+        if step not in skip:
+            return False
+        self.term.say("role.skip", role=self.role)
+        self.journal.complete(step, {"skipped": self.role})
+        return True
+
+    def _pair_answers(self) -> ha.PairAnswers:
+        if self.answers is not None:
+            assert self.answers.pair is not None  # answers.parse demands [ha]
+            return self.answers.pair
+        # _ask_valid keeps text: the code as the witness shows it, then decoded again
+        code = self._ask_valid("ha.code", lambda v: ha.encode_code(ha.check_code(v)))
+        decoded = ha.check_code(code)
+        while True:
+            text = self._paste("ha.enrolment").decode()
+            try:
+                bundle = ha.check_bundle(text, decoded, datetime.datetime.now(datetime.UTC))
+                break
+            except BadValue as exc:
+                self.term.problem(exc.en, exc.ja)
+        vip = self._ask_valid(
+            "ha.vip", lambda v: ha.check_vip(v, bundle.address, decoded.address))
+        net = self.journal.answers.get("network", {}).get("interface")
+        interface = self._ask_valid("ha.interface", _interface_name, net)
+        return ha.PairAnswers(decoded, bundle, vip, interface)
+
+    def _witness_address(self) -> str:
+        net = self.journal.answers.get("network", {})
+        seen = (net.get("address") or net.get("address_seen") or "").split("/")[0] or None
+        if self.answers is not None:
+            assert self.answers.witness_address is not None or seen is not None
+            return self.answers.witness_address or str(seen)
+        return self._ask_valid("witness.address", ha.check_witness_address, seen)
 
     # --- TLS ----------------------------------------------------------------------------
 
     def step_tls(self) -> None:
+        if self._skip("tls"):
+            return
         if self.answers is not None:
             mode = self.answers.tls_mode
         else:
@@ -257,8 +319,14 @@ class Wizard:
     # --- PostgreSQL ------------------------------------------------------------------------
 
     def step_database(self) -> None:
+        if self._skip("database"):
+            return
         self.term.say("database.working")
-        applied = database.setup(self.system)
+        if self.role in ha.PAIR_ROLES:
+            self.term.say("ha.node_working", role=self.role)
+            applied = ha.setup_node(self.system, self.role, self.journal.answers["role"]["ha"])
+        else:
+            applied = database.setup(self.system)
         self.journal.complete(
             "database", {"version": database.version(self.system), "migrations": applied}
         )
@@ -266,6 +334,8 @@ class Wizard:
     # --- the root key ----------------------------------------------------------------------
 
     def step_seal(self) -> None:
+        if self._skip("seal"):
+            return
         existing = appliance.read_seal(self.system)
         if existing is not None:
             # Made, but nobody confirmed its shares: they cannot be shown again.
@@ -349,8 +419,22 @@ class Wizard:
     # --- the vault -----------------------------------------------------------------------------
 
     def step_vault(self) -> None:
+        if self._skip("vault"):
+            return
         name = self.journal.answers["hostname"]["hostname"]
-        restart = appliance.write_config(self.system, name)
+        extra = ""
+        if self.role in ha.PAIR_ROLES:
+            saved = self.journal.answers["role"]["ha"]
+            link = saved.get("interface") or self.journal.answers["network"]["interface"]
+            extra = ha.render_ha_section(saved["node"], saved["monitor"], int(saved["port"]),
+                                         saved["vip"], link)
+        restart = appliance.write_config(self.system, name, extra)
+        if self.role == "standby":
+            # The root key comes from the primary by the pairing ceremony (kura ha offer).
+            self.term.say("ha.standby_pair", address=self.journal.answers["role"]["ha"]
+                          ["address"])
+            self.journal.complete("vault", {"pairing": "pending"})
+            return
         seal = appliance.read_seal(self.system)
         if seal is None:
             raise StepFailed("the root key is not sealed", "ルート鍵が封印されていません")
@@ -400,6 +484,8 @@ class Wizard:
     # --- the first DA -----------------------------------------------------------------------
 
     def step_admin(self) -> None:
+        if self._skip("admin"):
+            return
         while True:
             if self.answers is not None:
                 username, password = self.answers.admin_username, self.answers.admin_password
@@ -435,9 +521,20 @@ class Wizard:
 
     def step_finish(self) -> None:
         appliance.write_stamp(self.system)
-        appliance.start_console(self.system)
+        if self.role in ha.PAIR_ROLES:
+            self.system.systemctl("enable", "--now", ha.HASYNC_UNIT)
+        if self.role in ("single", "primary"):
+            appliance.start_console(self.system)
         self.journal.complete("finish")
         self.term.say("finish.done")
+
+
+def _interface_name(value: str) -> str:
+    value = value.strip()
+    if not 0 < len(value) < 16 or "/" in value or " " in value:
+        raise BadValue(f"{value!r} is not an interface name",
+                       f"{value!r} はインターフェース名ではありません")
+    return value
 
 
 def _whole(value: str) -> int:

@@ -112,6 +112,24 @@ def create_node(pgdata: str, address: str, name: str, monitor: str, tls: TlsFile
             *tls.options()]
 
 
+def secure_hba(text: str) -> str:
+    """pg_hba.conf without initdb's ``trust`` lines, which pg_autoctl leaves in place:
+    with them any local user of the host could connect as any role (the superuser
+    too) over the Unix socket or 127.0.0.1. Local lines become ``peer`` (pg_autoctl
+    itself connects as the postgres user, which peer lets in); host lines with
+    ``trust`` are dropped. Every other line, pg_autoctl's own included, is kept."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[-1] == "trust":
+            if fields[0] != "local":
+                continue
+            line = line.rstrip()
+            line = line[: line.rindex("trust")] + "peer"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def run_node(pgdata: str) -> list[str]:
     return ["pg_autoctl", "run", "--pgdata", pgdata]
 
