@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -18,6 +19,7 @@ from kura import config
 from kura.core import formation
 from kura.core import witness as core
 from kura_firstboot import answers, ha
+from kura_firstboot import appliance as appliance_module
 from kura_firstboot.errors import AnswersError
 from kura_firstboot.journal import STEPS, Journal
 from kura_firstboot.terminal import Terminal
@@ -191,25 +193,118 @@ def test_primary_joins_the_formation(
     assert "[step]" not in out.getvalue()
 
 
-def test_standby_skips_seal_and_admin_and_writes_ha(
-        tmp_path: Path, witness: tuple[core.Issued, core.EnrolCode, dict[str, str]]) -> None:
+class Primary:
+    """The primary's side of the pairing, as its console and vault do it: fetch the
+    standby's offer from its pairing port, make the envelope with the code read off
+    the standby's screen, deliver it."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+
+    def pair(self, port: int, screen: io.StringIO, timeout: float = 20) -> dict[str, object]:
+        import ssl
+        import time
+        import urllib.request
+
+        from kura import pairingserver
+        from kura.core import pairing as core_pairing
+        from kura.core.keys import root_check_value
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = re.search(r"\[ha.pairing_code\] (\d{4} \d{4} \d{4})", screen.getvalue())
+            try:
+                if shown:
+                    url = pairingserver.url("127.0.0.1", port, pairingserver.OFFER_PATH)
+                    with urllib.request.urlopen(  # noqa: S310 (https, built here)
+                            url, context=context, timeout=5) as answer:
+                        offer = core_pairing.Offer.from_json(json.loads(answer.read()))
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, screen.getvalue()
+            time.sleep(0.1)
+        params = core_pairing.PairingParams(primary="kura-primary", seal_mode="host",
+                                            shares=None, monitor_uri="", ca_certificate="")
+        envelope = core_pairing.make_envelope(self.root, offer, shown.group(1), params,
+                                              root_check_value(self.root), NOW)
+        request = urllib.request.Request(  # noqa: S310 (https, built here)
+            pairingserver.url("127.0.0.1", port, pairingserver.ENVELOPE_PATH),
+            data=json.dumps(envelope.to_json()).encode(), method="POST",
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(  # noqa: S310 (https, built here)
+                request, context=context, timeout=10) as answer:
+            body: dict[str, object] = json.loads(answer.read())
+        return body
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_standby_shows_its_code_and_is_paired_at_first_boot(
+        tmp_path: Path, witness: tuple[core.Issued, core.EnrolCode, dict[str, str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from kura.core.keys import new_root_key
+    from kura.vault import sealing
+
     wizard, out, recorder = wizard_for(tmp_path, pair_file(witness, role="standby"))
+    secret = io.StringIO()
+    wizard.term = Terminal(None, out, secret_out=secret)
     system = wizard.system
-    for step in ("role", "tls", "database", "seal", "vault", "admin", "finish"):
+    for step in ("role", "tls", "database", "seal"):
+        getattr(wizard, f"step_{step}")()
+    # The standby waits on loopback here (its own address on the appliance).
+    wizard.journal.answers["role"]["ha"]["address"] = "127.0.0.1"
+    wizard.pairing_port = free_port()
+    # kura-vault itself is the boundary: its start is recorded, its answer given.
+    monkeypatch.setattr(appliance_module, "vault_status",
+                        lambda _system, _timeout=0.0: {"sealed": False, "role": "standby"})
+    failed: list[BaseException] = []
+
+    def vault_step() -> None:
+        try:
+            wizard.step_vault()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=vault_step, daemon=True)
+    thread.start()
+    root = new_root_key()
+    answer = Primary(root).pair(wizard.pairing_port, secret)
+    thread.join(20)
+    assert not thread.is_alive() and not failed, failed
+    assert answer["paired"] is True and answer["standby_of"] == "kura-primary"
+    assert sealing.load_host(system.path("/var/lib/kura-keys")) == root
+    # The code was on the console only: not in the journal's output nor its state.
+    code = re.search(r"\[ha.pairing_code\] (\d{4} \d{4} \d{4})", secret.getvalue())
+    assert code
+    assert code.group(1) not in out.getvalue()
+    assert code.group(1).replace(" ", "") not in system.path(
+        "/var/lib/kura/firstboot/state.json").read_text().replace(" ", "")
+    assert "[ha.pairing_wait]" in out.getvalue() and "[ha.paired]" in out.getvalue()
+    assert "systemctl restart kura-vault.service" in recorder.commands()  # kura.toml is new
+    assert wizard.journal.answers["vault"]["paired_with"] == "kura-primary"
+
+    for step in ("admin", "finish"):
         getattr(wizard, f"step_{step}")()
     assert wizard.journal.next_step is None
     commands = recorder.commands()
     assert "systemctl enable --now kura-keeper.service" in commands
     assert "systemctl enable --now kura-hasync.service" in commands
-    assert "systemctl start kura-vault.service" not in commands  # no key before pairing
-    assert "systemctl start kura-console.service" not in commands
     assert not any("psql" in c for c in commands)  # its database comes by base backup
     cfg = config.load(str(system.path("/etc/kura/kura.toml")))
     assert cfg.ha is not None and cfg.ha.node == "node-a" and cfg.ha.interface == "ens3"
-    said = out.getvalue()
-    assert "[role.skip]" in said and "kura ha offer --address 192.0.2.11" in said
-    answers_kept = wizard.journal.answers
-    assert answers_kept["seal"]["skipped"] == "standby"
+    assert "[role.skip]" in out.getvalue()
+    assert wizard.journal.answers["seal"]["skipped"] == "standby"
 
 
 def test_the_node_is_made_once_and_an_unfinished_create_resumed(

@@ -117,11 +117,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "pg_auto_failover のノードを作成しています（{role}）…",
         "Making this node of pg_auto_failover's formation ({role})…",
     ),
-    "ha.standby_pair": (
-        "ルート鍵はプライマリからペアリングで受け取ります: kura ha offer --address {address}"
-        " を実行し、表示されたコードをプライマリで入力してください。",
-        "The root key comes from the primary by pairing: run kura ha offer --address {address}"
-        " and type the code it shows on the primary.",
+    "ha.pairing_wait": (
+        "ルート鍵はプライマリからペアリングで受け取ります。プライマリのコンソールの"
+        "「待機系のペアリング」で、アドレス {address} と下のコードを入力してください"
+        "（申し出 {fingerprint}、{until} まで有効）。",
+        "The root key comes from the primary by pairing. On the primary's console, open"
+        " Pair a standby and type the address {address} and the code below"
+        " (offer {fingerprint}, valid until {until}).",
+    ),
+    "ha.pairing_code": ("ペアリングコード", "Pairing code"),
+    "ha.paired": (
+        "プライマリ {primary} とペアリングしました。ルート鍵を封印しました。",
+        "Paired with the primary {primary}: the root key is sealed.",
+    ),
+    "ha.pairing_again": (
+        "申し出の有効期限が切れました。新しいコードを表示します。",
+        "The offer ran out: here is a new code.",
     ),
     "witness.address": (
         "データノードがこのウィットネスに接続するアドレス",

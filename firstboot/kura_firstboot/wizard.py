@@ -13,12 +13,13 @@ import datetime
 from dataclasses import dataclass, field
 
 from kura.core.errors import KuraError
+from kura.pairingserver import PORT as PAIRING_PORT
 from kura_firstboot import appliance, certificate, checks, database, ha, host, network
 from kura_firstboot.answers import Answers
 from kura_firstboot.errors import BadValue, InputTimeout, StepFailed
 from kura_firstboot.journal import STAMP_FILE, STEPS, Journal
 from kura_firstboot.messages import text
-from kura_firstboot.system import System
+from kura_firstboot.system import KEYS_DIR, System
 from kura_firstboot.terminal import Terminal
 
 
@@ -38,6 +39,7 @@ class Wizard:
     answers: Answers | None = None  # set: unattended
     timeouts: Timeouts = Timeouts()
     shares: list[str] = field(default_factory=list, repr=False)
+    pairing_port: int = PAIRING_PORT  # a standby waits for its primary here
 
     @property
     def unattended(self) -> bool:
@@ -429,12 +431,10 @@ class Wizard:
             extra = ha.render_ha_section(saved["node"], saved["monitor"], int(saved["port"]),
                                          saved["vip"], link)
         restart = appliance.write_config(self.system, name, extra)
-        if self.role == "standby":
-            # The root key comes from the primary by the pairing ceremony (kura ha offer).
-            self.term.say("ha.standby_pair", address=self.journal.answers["role"]["ha"]
-                          ["address"])
-            self.journal.complete("vault", {"pairing": "pending"})
-            return
+        paired_with = None
+        if self.role == "standby" and appliance.read_seal(self.system) is None:
+            # The root key comes from the primary by the pairing ceremony.
+            paired_with = self._pair_standby(self.journal.answers["role"]["ha"]["address"])
         seal = appliance.read_seal(self.system)
         if seal is None:
             raise StepFailed("the root key is not sealed", "ルート鍵が封印されていません")
@@ -453,7 +453,45 @@ class Wizard:
                                  "kura-vault が TPM の封印を開けませんでした")
             self._unseal(int(status.get("shares_needed") or 0))
         self.term.say("vault.open")
-        self.journal.complete("vault", {"seal_mode": seal.mode})
+        done: dict[str, str] = {"seal_mode": seal.mode}
+        if paired_with:
+            done["paired_with"] = paired_with
+        self.journal.complete("vault", done)
+
+    def _pair_standby(self, address: str) -> str:
+        """Show the pairing code on this console and wait on the pairing port
+        until the primary's console delivers the envelope (docs/ha-pairing.md).
+        An offer that runs out is replaced by a new one: the standby waits for
+        as long as it takes. Returns the primary's name."""
+        import asyncio
+
+        from kura import pairingserver
+        from kura.core import pairing as core_pairing
+        from kura.vault import pairing
+
+        keys_dir = self.system.path(KEYS_DIR)
+        offered = address if self.pairing_port == PAIRING_PORT else (
+            f"{address}:{self.pairing_port}")
+        while True:
+            now = datetime.datetime.now(datetime.UTC)
+            pending = pairing.pending_offer(keys_dir, now)
+            if pending is None or pending.offer.address != offered:
+                pending = core_pairing.make_offer(self.journal.answers["hostname"]["hostname"],
+                                                  offered, now)
+                pairing.save_offer(keys_dir, pending)
+            self.term.say("ha.pairing_wait", address=offered,
+                          fingerprint=pending.offer.fingerprint,
+                          until=pending.offer.expires.astimezone().strftime("%H:%M"))
+            # The code only on the console, never in the journal.
+            self.term.secret("ha.pairing_code", core_pairing.format_code(pending.code))
+            server = pairingserver.PairingServer(keys_dir, with_key=self.system.tpm_with_key)
+            paired = asyncio.run(pairingserver.serve(
+                server, address, self.pairing_port, [address], pending.offer.expires))
+            self.term.clear()
+            if paired and server.paired is not None:
+                self.term.say("ha.paired", primary=server.paired.primary)
+                return server.paired.primary
+            self.term.say("ha.pairing_again")
 
     def _unseal(self, need: int) -> None:
         if self.shares:
