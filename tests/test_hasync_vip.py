@@ -154,6 +154,7 @@ class Lab:
             f"fence_seconds = {FENCE_SECONDS}\n"
             "poll_seconds = 0.5\n"
             f'status_file = "{self.base}/{ns}.status.json"\n'
+            f'control_socket = "{self.base}/{ns}.control.sock"\n'
         )
         path.chmod(0o600)  # it holds the database passwords
         return path
