@@ -145,6 +145,7 @@ class AccountOperations(AccountApprovalOperations):
             "must_change_password": restriction == "password",
             "mfa_setup_required": restriction == "mfa",
             "idle_minutes": self.policy.session_idle_minutes,
+            "ha_degraded": self.pair_degraded(),
         }
 
     async def _audit_login(

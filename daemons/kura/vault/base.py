@@ -148,6 +148,11 @@ class VaultBase:
         writes nothing (no audit entry, checkpoint, session) until promoted."""
         return self.role != STANDBY
 
+    def pair_degraded(self) -> bool:
+        """An HA primary going on without its standby (kura.vault.hastatus):
+        the console's banner on every page."""
+        return False
+
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:
             raise VaultSealed()
