@@ -145,7 +145,6 @@ class AccountOperations(AccountApprovalOperations):
             "must_change_password": restriction == "password",
             "mfa_setup_required": restriction == "mfa",
             "idle_minutes": self.policy.session_idle_minutes,
-            "ha_degraded": self.pair_degraded(),
         }
 
     async def _audit_login(
@@ -182,6 +181,7 @@ class AccountOperations(AccountApprovalOperations):
             "language": s.language,
             "display_name": s.display_name,
             "idle_minutes": self.policy.session_idle_minutes,
+            "ha_degraded": self.pair_degraded(),
         }
 
     @operation("preferences.set")
