@@ -10,7 +10,8 @@ catalogs live in ``webui/``; the views live in one module per area:
 - ``disposal``: retention rules, the due list, batches and disposal records;
 - ``reports``: the audit log, access history, the handling-status ledger,
   the audit bundle;
-- ``admin``: users, the security policy, the appliance's status.
+- ``admin``: users, the security policy, the appliance's status;
+- ``ha``: the HA pair's page and its planned switchover.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from kura.console.web.pages import WEB, WebState
 from kura.console.web.rendering import make_environments
 
 AREAS = (
-    "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts"
+    "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts",
+    "ha",
 )
 
 
