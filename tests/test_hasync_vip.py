@@ -222,6 +222,13 @@ def test_vip_follows_the_monitor_and_leaves_on_stop(lab: Lab) -> None:
         assert lab.client_neighbour_mac() == lab.mac("khs-a")
         assert lab.status("khs-a")["role"] == "primary"
         wait_until("node_b says standby", lambda: lab.status("khs-b").get("role") == "standby")
+        # The status file is rewritten every second, changed or not: its age
+        # is how the vault tells a live kura-hasync from a stopped one.
+        first = lab.status("khs-a")["written_at"]
+        wait_until("node_a rewrites its status", lambda: lab.status("khs-a")["written_at"]
+                   != first, timeout=5)
+        assert lab.status("khs-a")["changed_at"] <= first
+        assert (lab.base / "khs-a.control.sock").is_socket()
 
         # Failover as the monitor runs it: the old primary is told to drain
         # first, the standby is promoted and reports wait_primary.
@@ -251,6 +258,7 @@ def test_vip_follows_the_monitor_and_leaves_on_stop(lab: Lab) -> None:
         assert stop(b) == 0
         assert lab.holders() == []
         assert not lab.client_pings_vip()
+        assert not (lab.base / "khs-b.control.sock").exists()
     finally:
         for proc in (a, b):
             stop(proc)
