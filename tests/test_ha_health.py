@@ -287,8 +287,8 @@ def test_the_da_switches_over_through_kura_hasync_and_the_monitor(pair: Pair) ->
                         " FROM pgautofailover.node") == "node_a=draining node_b=prepare_promotion"
     entry = pair.audit("ha.switchover")[0]
     assert (entry["outcome"], entry["actor"], entry["target"]) == ("ok", "admin", "node_a")
-    changes = health(pair.sa)["role_changes"]
-    assert changes[0]["action"] == "ha.switchover" and changes[0]["outcome"] == "ok"
+    changes = [c for c in health(pair.sa)["role_changes"] if c["action"] == "ha.switchover"]
+    assert changes[0]["outcome"] == "ok" and changes[0]["actor"] == "admin"
 
 
 def test_kura_hasync_and_the_monitor_refuse_too_and_nothing_is_recorded_as_done(
@@ -318,14 +318,62 @@ def test_kura_hasync_and_the_monitor_refuse_too_and_nothing_is_recorded_as_done(
     assert pair.monitor("SELECT count(*) FROM pgautofailover.asked") == "0"
 
 
+def test_the_vault_records_when_the_pair_degrades_and_when_it_is_back_in_step(
+    pair: Pair
+) -> None:
+    def newest(action: str) -> dict[str, Any] | None:
+        found = [c for c in health(pair.sa)["role_changes"] if c["action"] == action]
+        return found[0] if found else None
+
+    def wait_for(action: str, after: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while True:
+            change = newest(action)
+            if change is not None and change["seq"] > after:
+                return change
+            assert time.monotonic() < deadline, f"no new {action} in the log"
+            pair.hasync.age(0)  # kura-hasync's heartbeat
+            time.sleep(0.3)
+
+    def in_step_in_the_log() -> bool:
+        degraded, back = newest("ha.degraded"), newest("ha.in_step")
+        return degraded is None or (back is not None and back["seq"] > degraded["seq"])
+
+    # Start in step, as the log says it (an earlier test may have left it degraded).
+    pair.hasync.write(PRIMARY, STREAMING)
+    deadline = time.monotonic() + 15
+    while not in_step_in_the_log():
+        assert time.monotonic() < deadline, "the log does not say the pair is in step"
+        pair.hasync.age(0)
+        time.sleep(0.3)
+    start = max([c["seq"] for c in health(pair.sa)["role_changes"]] + [0])
+    pair.hasync.write(DEGRADED)
+    degraded = wait_for("ha.degraded", start)
+    assert (degraded["actor"], degraded["target"]) == ("-", "node_a")
+    assert degraded["detail"]["node"] == "node_a"
+    pair.hasync.write(PRIMARY, STREAMING)
+    back = wait_for("ha.in_step", degraded["seq"])
+    time.sleep(2)  # the upkeep runs every second: it says it once, not every second
+    assert [c["seq"] for c in health(pair.sa)["role_changes"]
+            if c["action"] in ("ha.degraded", "ha.in_step") and c["seq"] >= degraded["seq"]
+            ] == [back["seq"], degraded["seq"]]
+    assert [e["action"] for e in pair.audit("ha.in_step")][:1] == ["ha.in_step"]
+
+
 def test_the_last_failover_says_whether_it_was_planned() -> None:
-    def change(action: str, outcome: str = "ok", actor: str = "-") -> dict[str, Any]:
-        return {"action": action, "outcome": outcome, "actor": actor, "at": "t",
+    def change(action: str, minute: int, outcome: str = "ok",
+               actor: str = "-") -> dict[str, Any]:
+        return {"action": action, "outcome": outcome, "actor": actor,
+                "at": f"2026-12-05T07:{minute:02d}:00+00:00",
                 "detail": {"previous_role": "standby"} if action == "ha.promoted" else {}}
 
-    planned = [change("ha.promoted"), change("ha.switchover", actor="admin")]
-    assert last_failover(planned) == {"at": "t", "why": "switchover", "asked_by": "admin",
-                                      "previous_role": "standby"}
-    refused_then_lost = [change("ha.promoted"), change("ha.switchover", "denied", "admin")]
+    planned = [change("ha.promoted", 31), change("ha.degraded", 30),
+               change("ha.switchover", 30, actor="admin")]
+    assert last_failover(planned) == {"at": "2026-12-05T07:31:00+00:00", "why": "switchover",
+                                      "asked_by": "admin", "previous_role": "standby"}
+    refused_then_lost = [change("ha.promoted", 31), change("ha.switchover", 30, "denied")]
     assert last_failover(refused_then_lost)["why"] == "failover"
-    assert last_failover([change("ha.paired")]) is None
+    # A switchover that never led to a promotion explains no later failover.
+    long_before = [change("ha.promoted", 59), change("ha.switchover", 1, actor="admin")]
+    assert last_failover(long_before)["why"] == "failover"
+    assert last_failover([change("ha.paired", 1)]) is None

@@ -88,10 +88,9 @@ def test_the_da_sees_the_pair_and_switches_over_with_a_confirmation(
     for api in (pair.da, pair.sa):
         home = open_as(api)
         home.goto(url + "/")
-        first = home.locator("#home-ha-changes-table tbody tr").first
-        expect(first).to_have_attribute("data-action", "ha.switchover")
-        expect(first).to_contain_text("計画切り替え")
-        expect(first).to_contain_text(pair.da.username)
+        row = home.locator("#home-ha-changes-table tr[data-action='ha.switchover']").first
+        expect(row).to_contain_text("計画切り替え")
+        expect(row).to_contain_text(pair.da.username)
     mu_home = open_as(pair.mu)
     mu_home.goto(url + "/")
     expect(mu_home.locator("h1")).to_be_visible()
@@ -139,3 +138,15 @@ def test_a_degraded_pair_shows_a_banner_everywhere_and_no_switch(
     clerk.goto(url + "/retention")
     expect(clerk.locator("h1")).to_be_visible()
     expect(clerk.locator("#ha-degraded-banner")).to_have_count(0)
+    # The admins' home pages keep what happened: degraded, then back in step
+    # (the vault notices within its one-second upkeep).
+    home = open_as(pair.sa)
+    back = home.locator("#home-ha-changes-table tr[data-action='ha.in_step']")
+    deadline = time.monotonic() + 15
+    home.goto(url + "/")
+    while back.count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        home.reload()
+    expect(back.first).to_contain_text("待機系の同期が回復")
+    expect(home.locator("#home-ha-changes-table tr[data-action='ha.degraded']").first
+           ).to_contain_text("縮退")

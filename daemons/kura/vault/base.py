@@ -153,6 +153,10 @@ class VaultBase:
         the console's banner on every page."""
         return False
 
+    async def follow_pair(self) -> None:
+        """Record the pair's loss of redundancy and its return (kura.vault.
+        hastatus); nothing on a single appliance."""
+
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:
             raise VaultSealed()

@@ -17,6 +17,12 @@ keeps them apart so that none is mistaken for another:
   failover and why (a promotion that follows a switchover the DA asked for
   was planned; any other was the primary's loss).
 
+The vault also records what kura-hasync only says: each time the primary
+starts going on without a synchronous standby (``ha.degraded``) and each
+time the standby is back in step (``ha.in_step``), checked every second in
+its upkeep, so the loss of redundancy is in the log and on the admins' home
+pages, not only in a banner that is gone once it is over.
+
 The switchover asks kura-hasync over its control socket
 (kura.hasync.control), which asks the monitor. It is refused here first
 (with the same rules kura-hasync applies again) when this node is not the
@@ -32,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +51,12 @@ log = logging.getLogger("kura.vault")
 STALE_SECONDS = 5.0  # kura-hasync rewrites its status file every second
 # The audit actions that change or set up the pair's roles, shown on the
 # health page and on the DA's and SA's home pages.
-ROLE_CHANGES = ("ha.promoted", "ha.switchover", "ha.paired", "ha.unpaired")
+PAIR_HEALTH = ("ha.degraded", "ha.in_step")
+FAILOVERS = ("ha.promoted", "ha.switchover")
+ROLE_CHANGES = (*FAILOVERS, "ha.paired", "ha.unpaired", *PAIR_HEALTH)
 RECENT = 10
+# A promotion this soon after a switchover was started is that switchover.
+PLANNED_WITHIN = timedelta(minutes=10)
 # How long the vault waits for kura-hasync (which waits up to 10 s for the monitor).
 CONTROL_SECONDS = 15.0
 WRITABLE_ROLES = ("primary", "primary-degraded", "single")
@@ -123,14 +134,17 @@ def _change_json(row: Any) -> dict[str, Any]:
 
 
 def last_failover(changes: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest promotion and why: planned when the entry before it is a
-    switchover that was started, else the primary was lost."""
-    for i, change in enumerate(changes):  # newest first
+    """The newest promotion and why: planned when the failover entry before
+    it is a switchover that was started shortly before, else the primary was
+    lost. ``changes`` are the newest first."""
+    failovers = [c for c in changes if c["action"] in FAILOVERS]
+    for i, change in enumerate(failovers):
         if change["action"] != "ha.promoted":
             continue
-        before = next((c for c in changes[i + 1:] if c["action"] != "ha.paired"), None)
-        planned = before is not None and before["action"] == "ha.switchover" and (
-            before["outcome"] == "ok")
+        before = failovers[i + 1] if i + 1 < len(failovers) else None
+        planned = (before is not None and before["action"] == "ha.switchover"
+                   and before["outcome"] == "ok"
+                   and _at(change) - _at(before) <= PLANNED_WITHIN)
         return {
             "at": change["at"],
             "why": "switchover" if planned else "failover",
@@ -138,6 +152,10 @@ def last_failover(changes: list[dict[str, Any]]) -> dict[str, Any] | None:
             "previous_role": change["detail"].get("previous_role"),
         }
     return None
+
+
+def _at(change: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(change["at"])
 
 
 class HaStatusOperations(VaultBase):
@@ -153,10 +171,45 @@ class HaStatusOperations(VaultBase):
         report = self.hasync_report()
         return report is not None and degraded_now(report)
 
+    _pair_recorded: str | None = None  # the last of PAIR_HEALTH in the log
+
+    async def follow_pair(self) -> None:
+        """Every second on an unsealed primary: record the pair's loss of its
+        synchronous standby, and its return, as kura-hasync reports them
+        (nothing while kura-hasync is silent: that is not news of the pair)."""
+        report = self.hasync_report()
+        if report is None or report["state"] != "live" or not self.writable:
+            return
+        if degraded_now(report):
+            found = "ha.degraded"
+        elif report["role"] == "primary" and report["sync_standby"]:
+            found = "ha.in_step"
+        else:
+            return  # fenced, demoted, unknown: the role changes say it
+        if found == self._pair_recorded:
+            return
+        async with self.store.transaction() as tx:
+            if self._pair_recorded is None:  # since the start: what the log last said
+                last = await tx.latest_entries(PAIR_HEALTH, 1)
+                # A pair starts in step: nothing to say until it degrades.
+                self._pair_recorded = str(last[0]["action"]) if last else "ha.in_step"
+            if found != self._pair_recorded:
+                await tx.append_audit(
+                    actor="-", role="", action=found, client="local",
+                    target=str(report.get("node") or ""),
+                    detail={"node": report.get("node"), "hasync_role": report["role"],
+                            "since": report.get("since")},
+                )
+                log.warning("the pair is %s", "degraded: no synchronous standby"
+                            if found == "ha.degraded" else "back in step")
+        self._pair_recorded = found
+
     @operation("ha.status")
     async def ha_status(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         async with self.store.transaction() as tx:
             rows = await tx.latest_entries(ROLE_CHANGES, RECENT)
+            # Apart: many ups and downs of the standby must not hide the last failover.
+            failovers = await tx.latest_entries(FAILOVERS, RECENT)
         changes = [_change_json(r) for r in rows]
         report = self.hasync_report()
         result: dict[str, Any] = {
@@ -165,7 +218,7 @@ class HaStatusOperations(VaultBase):
             "hasync": report,
             "degraded": report is not None and degraded_now(report),
             "role_changes": changes,
-            "last_failover": last_failover(changes),
+            "last_failover": last_failover([_change_json(r) for r in failovers]),
         }
         if report is not None:
             refusal = self._refusal(report)

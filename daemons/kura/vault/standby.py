@@ -153,6 +153,11 @@ class StandbyOperations(IntegrityOperations):
             await self.follow_role()
             if self.role != STANDBY:
                 await self.maintain(now)
+                if self.keys is not None and self.integrity is None:
+                    try:
+                        await self.follow_pair()
+                    except ChainDiverged as exc:
+                        await self.diverged(exc)
             elif self.keys is not None:
                 await self._standby_upkeep(now)
         except (Standby, Unavailable) as exc:

@@ -54,6 +54,8 @@ ACTION_LABELS = {
     "ha.switchover": N_("Planned switchover"),
     "ha.paired": N_("Standby paired"),
     "ha.unpaired": N_("Standby unpaired"),
+    "ha.degraded": N_("Primary running without its standby (degraded)"),
+    "ha.in_step": N_("Standby back in step"),
 }
 REFUSALS = {
     "single": N_("this appliance is not one of an HA pair"),
