@@ -335,3 +335,23 @@ def test_an_untouched_chain_keeps_the_head_file_current(scene: Scene) -> None:
     assert int(owner(app, "SELECT count(*) FROM audit_exports")) == before + 1
     assert kept[2] == scene.users["SA"].username
     assert audit.read_bundle(r.body).final.seq == int(kept[0])
+
+
+def test_a_local_override_of_the_checkpoint_interval_is_in_the_unseal_entry(
+    scene: Scene,
+) -> None:
+    # Root can set [vault] checkpoint_seconds in kura.toml without any SA; the
+    # SA sees it in the log, on the entry of every unseal.
+    entries = scene.users["SA"].get("/audit", query={"action": "vault.unseal"}).json["entries"]
+    assert entries, "no vault.unseal entry"
+    assert entries[-1]["detail"]["local_overrides"] == {"checkpoint_seconds": 0.5}
+
+
+def test_an_appliance_without_overrides_records_none(tmp_path: Path) -> None:
+    from kura.config import VaultConfig
+
+    plain = VaultConfig(socket=tmp_path / "s", keys_dir=tmp_path / "k")
+    assert plain.local_overrides() == {}
+    weakened = VaultConfig(socket=tmp_path / "s", keys_dir=tmp_path / "k",
+                           audit_head_check=False, checkpoint_seconds=60)
+    assert weakened.local_overrides() == {"audit_head_check": False, "checkpoint_seconds": 60}

@@ -5,6 +5,8 @@ kura db migrate                     apply schema migrations
 kura vault init --seal MODE         make the root key and seal it
 kura ha offer --address ADDR        on a new standby: a pairing offer and its code
 kura ha accept ENVELOPE             on that standby: take the root key from the primary
+kura ha offer --address ADDR --serve   ... or wait for the primary's console to deliver it
+kura ha unpair --yes                on a paired standby: forget the key, to pair again
 kura audit export -o FILE           download a verifiable audit bundle
 kura audit verify FILE [--after OLD]  check a bundle offline, on any machine
 kura dev                            a local appliance (what ./build.sh dev runs)
@@ -20,6 +22,7 @@ import getpass
 import os
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -124,8 +127,50 @@ def cmd_ha_offer(args: argparse.Namespace) -> int:
           f"offer {pending.offer.fingerprint}, "
           f"valid until {pending.offer.expires.isoformat(timespec='seconds')}")
     print("type this code on the primary's pairing page; do not send it over the network")
+    if args.serve:
+        return _serve_offer(args, keys_dir, pending.offer.expires)
     if not args.output:
         print(offer, end="")
+    return 0
+
+
+def cmd_ha_unpair(args: argparse.Namespace) -> int:
+    """On a paired standby: forget the root key and the pairing (re-pairing)."""
+    from kura import config
+    from kura.vault import pairing
+
+    cfg = config.load(args.config)
+    keys_dir = cfg.vault.keys_dir
+    if not args.yes:
+        print(f"kura ha unpair: this removes the sealed root key and the pairing in {keys_dir}; "
+              "stop kura-vault and drop this node from the formation first "
+              "(pg_autoctl drop node), then run again with --yes", file=sys.stderr)
+        return 2
+    paired = pairing.unpair(keys_dir)
+    print(f"unpaired from {paired.get('primary', 'the primary')}: the root key and the pairing "
+          f"are gone from {keys_dir}; pair again with kura ha offer --serve")
+    return 0
+
+
+def _serve_offer(args: argparse.Namespace, keys_dir: Path, expires: datetime) -> int:
+    """Wait on the pairing port for the primary (kura.pairingserver)."""
+    from kura import pairingserver
+
+    def ready(fingerprint: str) -> None:
+        print(f"waiting for the primary on port {port} "
+              f"(certificate {fingerprint}) / プライマリ機からの接続を待っています", flush=True)
+
+    server = pairingserver.PairingServer(keys_dir, seal_mode=args.seal, with_key=args.with_key)
+    host, port = pairingserver.endpoint(args.address)
+    port = args.port or port
+    paired = asyncio.run(pairingserver.serve(server, args.listen or host, port, [host],
+                                             expires, ready))
+    if not paired or server.paired is None:
+        print("kura ha offer: no envelope opened before the offer ran out: "
+              "make a new offer with --new", file=sys.stderr)
+        return 1
+    mode = args.seal or server.paired.seal_mode
+    print(f"paired with {server.paired.primary}: root key sealed with {mode} in {keys_dir}")
     return 0
 
 
@@ -369,10 +414,21 @@ def parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--config")
     o.add_argument("--address", required=True, help="this standby's address, as the primary "
-                   "reaches it")
+                   "reaches it (HOST, or HOST:PORT when the pairing port is not 8444)")
     o.add_argument("--name", help="this standby's appliance name (default: from the config)")
     o.add_argument("-o", "--output", help="write the offer (JSON) here instead of printing it")
     o.add_argument("--new", action="store_true", help="replace a pending offer")
+    o.add_argument("--serve", action="store_true",
+                   help="then wait on the pairing port until the primary's console delivers "
+                   "the envelope (or the offer expires), and seal the key as accept does")
+    o.add_argument("--listen", help="with --serve: the address to listen on (default: the "
+                   "--address)")
+    o.add_argument("--port", type=int, help="with --serve: the pairing port (default: the "
+                   "--address's port, else 8444)")
+    o.add_argument("--seal", choices=["shamir", "creds", "host"],
+                   help="with --serve: seal differently from the primary")
+    o.add_argument("--with-key", default="auto",
+                   help="with --serve: systemd-creds key: auto, tpm2, host")
     o.set_defaults(func=cmd_ha_offer)
     a = ha.add_parser(
         "accept",
@@ -388,6 +444,16 @@ def parser() -> argparse.ArgumentParser:
                    help="seal differently from the primary")
     a.add_argument("--with-key", default="auto", help="systemd-creds key: auto, tpm2, host")
     a.set_defaults(func=cmd_ha_accept)
+    u = ha.add_parser(
+        "unpair",
+        help="on a paired standby: forget the root key and the pairing",
+        description="Remove this standby's sealed root key, the pairing's parameters and "
+        "the audit head it followed, so that it can be paired again. Stop kura-vault and "
+        "drop the node from the formation (pg_autoctl drop node) first.",
+    )
+    u.add_argument("--config")
+    u.add_argument("--yes", action="store_true", help="really remove them")
+    u.set_defaults(func=cmd_ha_unpair)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="audit", required=True

@@ -72,6 +72,17 @@ class VaultConfig:
     audit_head_check: bool = True
     credentials_dir: Path | None = None  # $CREDENTIALS_DIRECTORY, from systemd
 
+    def local_overrides(self) -> dict[str, object]:
+        """The settings of kura.toml that weaken what the SA's policy or the
+        design sets. Root can write them without any SA, so the vault records
+        them in every ``vault.unseal`` entry: an SA reading the log sees them."""
+        found: dict[str, object] = {}
+        if self.checkpoint_seconds is not None:
+            found["checkpoint_seconds"] = self.checkpoint_seconds
+        if not self.audit_head_check:
+            found["audit_head_check"] = False
+        return found
+
 
 @dataclass(frozen=True)
 class ConsoleConfig:

@@ -106,7 +106,10 @@ class PairingOperations(VaultBase):
             code=code,
             proposed_by=caller.actor,
             proposed_at=now,
-            monitor_uri=str(args.get("monitor_uri", "")),
+            # The standby's keeper joins the monitor this primary follows,
+            # unless the caller names another.
+            monitor_uri=str(args.get("monitor_uri")
+                            or (self.config.ha.monitor if self.config.ha else "")),
             ca_certificate=str(args.get("ca_certificate", "")),
         )
         detail["code_digest"] = pairing.code_digest(offer, code)
@@ -296,3 +299,28 @@ def accept(
     body = json.dumps({**params.to_json(), "paired_at": now.isoformat()}, indent=2) + "\n"
     write_atomic(keys_dir / PAIRED_FILE, body.encode(), mode=0o600)
     return params
+
+
+def unpair(keys_dir: Path) -> dict[str, Any]:
+    """Forget this standby's pairing: its sealed root key, the pairing's
+    parameters, any pending offer and the audit head it followed. The database
+    copy holds only ciphertext, which nothing here can open any more; the
+    standby can then be paired again (with this primary or another).
+    Returns what ``paired.json`` said (which primary it was paired with)."""
+    paired_file = keys_dir / PAIRED_FILE
+    try:
+        paired: dict[str, Any] = json.loads(paired_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Conflict(
+            en="This appliance is not a paired standby: there is nothing to unpair.",
+            ja="この装置はペアリングされた待機系ではありません。解除するものはありません。",
+        ) from None
+    except ValueError:
+        paired = {}
+    from kura.vault.integrity import HEAD_DIR, HEAD_FILE
+
+    for name in (sealing.SEAL_FILE, sealing.CRED_FILE, sealing.HOST_KEY_FILE, PENDING_FILE):
+        (keys_dir / name).unlink(missing_ok=True)
+    (keys_dir / HEAD_DIR / HEAD_FILE).unlink(missing_ok=True)
+    paired_file.unlink()  # last: a crash midway leaves it to run again
+    return paired

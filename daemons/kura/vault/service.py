@@ -146,7 +146,7 @@ class Vault(
                 role="",
                 action="vault.unseal",
                 client="local",
-                detail={"seal": how, "key_versions": len(ring)},
+                detail={"seal": how, "key_versions": len(ring), **self._overrides()},
             )
             if self._deferred_promotion is not None:  # promoted while sealed
                 await tx.append_audit(
@@ -179,10 +179,20 @@ class Vault(
             "key_versions": len(ring),
             "unsealed_as": STANDBY,
             "unsealed_at": self.clock().isoformat(),
+            **self._overrides(),
         }
         self.keys = keys
         self.collector = None
         log.info("vault unsealed as the standby (%s seal, keyring versions %s)", how, sorted(ring))
+
+    def _overrides(self) -> dict[str, Any]:
+        """``local_overrides`` for the unseal entry, and a warning in the journal."""
+        found = self.config.vault.local_overrides()
+        if not found:
+            return {}
+        log.warning("kura.toml overrides the policy or design: %s",
+                    ", ".join(f"{k}={v}" for k, v in sorted(found.items())))
+        return {"local_overrides": found}
 
     async def load_settings(self, tx: Tx) -> None:
         stored = await tx.setting("policy")

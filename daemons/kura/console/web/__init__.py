@@ -11,6 +11,7 @@ catalogs live in ``webui/``; the views live in one module per area:
 - ``reports``: the audit log, access history, the handling-status ledger,
   the audit bundle;
 - ``admin``: users, the security policy, the appliance's status;
+- ``pairing``: pairing an HA standby (the DA proposes, an SA approves);
 - ``ha``: the HA pair's page and its planned switchover.
 """
 
@@ -27,7 +28,7 @@ from kura.console.web.rendering import make_environments
 
 AREAS = (
     "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts",
-    "ha",
+    "pairing", "ha",
 )
 
 
