@@ -53,7 +53,7 @@ STALE_SECONDS = 5.0  # kura-hasync rewrites its status file every second
 # health page and on the DA's and SA's home pages.
 PAIR_HEALTH = ("ha.degraded", "ha.in_step")
 FAILOVERS = ("ha.promoted", "ha.switchover")
-ROLE_CHANGES = (*FAILOVERS, "ha.paired", "ha.unpaired", *PAIR_HEALTH)
+ROLE_CHANGES = (*FAILOVERS, "ha.paired", *PAIR_HEALTH)
 RECENT = 10
 # A promotion this soon after a switchover was started is that switchover.
 PLANNED_WITHIN = timedelta(minutes=10)

@@ -53,7 +53,6 @@ ACTION_LABELS = {
     "ha.promoted": N_("Promoted to primary"),
     "ha.switchover": N_("Planned switchover"),
     "ha.paired": N_("Standby paired"),
-    "ha.unpaired": N_("Standby unpaired"),
     "ha.degraded": N_("Primary running without its standby (degraded)"),
     "ha.in_step": N_("Standby back in step"),
 }
