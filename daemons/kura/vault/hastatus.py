@@ -30,7 +30,12 @@ primary or the pair is degraded, and every request is audited with its
 outcome. The ``ha.switchover`` entry is appended in the transaction that is
 open while the monitor is asked, and committed only once the monitor has
 accepted: a switchover that starts is always in the log (the standby, in
-step, holds it too), and a refused one is recorded as denied instead.
+step, holds it too), and a refused one is recorded as denied instead. Other
+audited work waits on the chain's head meanwhile: well under a second on a
+healthy pair, at most ``CONTROL_SECONDS`` when the witness does not answer;
+a rare act of the DA's is worth that. (Should the commit itself fail after
+the monitor accepted, the DA gets the error and the new primary's
+``ha.promoted`` is the record.)
 """
 
 from __future__ import annotations
