@@ -150,3 +150,21 @@ def test_a_degraded_pair_shows_a_banner_everywhere_and_no_switch(
     expect(back.first).to_contain_text("待機系の同期が回復")
     expect(home.locator("#home-ha-changes-table tr[data-action='ha.degraded']").first
            ).to_contain_text("縮退")
+
+
+def test_the_pair_page_speaks_english_when_chosen(
+    pair: Pair, alive: None, open_as: Callable[[Api], Page]
+) -> None:
+    pair.hasync.write(DEGRADED)
+    page = open_as(pair.sa)
+    page.goto(pair.app.url + "/admin/ha")
+    page.click("button[lang=en]")
+    try:
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator("h1")).to_have_text("HA pair")
+        expect(page.locator("#ha-sync")).to_have_text("No: degraded")
+        expect(page.locator("#ha-degraded-banner")).to_contain_text(
+            "The HA pair is degraded: the standby is not in step.")
+    finally:
+        page.click("button[lang=ja]")  # the choice is kept per user: give it back
+        expect(page.locator("html")).to_have_attribute("lang", "ja")
