@@ -123,6 +123,10 @@ class VaultBase:
     """The vault's state; the operation classes build on it."""
 
     role: str = SINGLE
+    # The last of ha.degraded / ha.in_step in the log (kura.vault.hastatus);
+    # None: read the log first (at start, and after being a standby, while
+    # the other node may have written its own).
+    _pair_recorded: str | None = None
 
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         self.config = config

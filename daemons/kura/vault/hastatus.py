@@ -176,8 +176,6 @@ class HaStatusOperations(VaultBase):
         report = self.hasync_report()
         return report is not None and degraded_now(report)
 
-    _pair_recorded: str | None = None  # the last of PAIR_HEALTH in the log
-
     async def follow_pair(self) -> None:
         """Every second on an unsealed primary: record the pair's loss of its
         synchronous standby, and its return, as kura-hasync reports them

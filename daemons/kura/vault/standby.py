@@ -94,6 +94,7 @@ class StandbyOperations(IntegrityOperations):
         # Sessions and their last-seen times live in the primary's database.
         self.sessions.clear()
         self._deferred_promotion = None
+        self._pair_recorded = None  # the other node writes the log meanwhile
 
     async def _become_writable(self, role: str, previous: str) -> None:
         """Promotion: check the chain extends the held head, then write."""
