@@ -38,6 +38,16 @@ def test_ha_section() -> None:
     assert (ha.node, ha.formation, ha.fence_seconds, ha.poll_seconds) == (
         "node_a", "default", 3.0, 2.0)
     assert ha.status_file == Path("/run/kura-hasync/status.json")
+    assert ha.control_socket == Path("/run/kura-hasync/control.sock")
+
+
+def test_the_vault_finds_kura_hasyncs_files_from_its_own_unit() -> None:
+    """The vault reads the same [ha] under its own RuntimeDirectory= (/run/kura):
+    the status file and the control socket are still kura-hasync's."""
+    ha = parse(with_ha(**HA), env={"RUNTIME_DIRECTORY": "/run/kura"}).ha
+    assert ha is not None
+    assert ha.status_file == Path("/run/kura-hasync/status.json")
+    assert ha.control_socket == Path("/run/kura-hasync/control.sock")
 
 
 def test_read_from_pg_autoctl_cfg(tmp_path: Path) -> None:

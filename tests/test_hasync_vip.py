@@ -11,6 +11,7 @@ The lead's lab proves the same against the real pg_auto_failover."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from kura.devserver import free_port
+from kura.hasync import control
 from kura.pgcluster import Cluster, bindir
 
 TOP = Path(__file__).parent.parent
@@ -74,6 +76,18 @@ RETURNS void LANGUAGE sql AS $$
         to_json(CASE health WHEN 1 THEN 'good' WHEN 0 THEN 'bad' ELSE 'unknown' END)))
       FROM pgautofailover.node WHERE nodename = name;
 $$;
+-- What pg_autoctl perform switchover calls: the monitor drains the primary
+-- and prepares the secondary's promotion (noted in "asked" for the test).
+CREATE TABLE pgautofailover.asked (formationid text, groupid int);
+CREATE FUNCTION pgautofailover.perform_failover(formation_id text DEFAULT 'default',
+                                                group_id int DEFAULT 0)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO pgautofailover.asked VALUES (formation_id, group_id);
+    PERFORM pgautofailover.set_state(nodename, CASE reportedstate WHEN 'primary'
+            THEN 'draining' ELSE 'prepare_promotion' END, reportedstate::text)
+       FROM pgautofailover.node WHERE formationid = formation_id AND groupid = group_id;
+END $$;
 INSERT INTO pgautofailover.node (nodename, nodehost, goalstate, reportedstate) VALUES
     ('node_a', '192.0.2.1', 'primary', 'primary'),
     ('node_b', '192.0.2.2', 'secondary', 'secondary');
@@ -154,6 +168,7 @@ class Lab:
             f"fence_seconds = {FENCE_SECONDS}\n"
             "poll_seconds = 0.5\n"
             f'status_file = "{self.base}/{ns}.status.json"\n'
+            f'control_socket = "{self.base}/{ns}.control.sock"\n'
         )
         path.chmod(0o600)  # it holds the database passwords
         return path
@@ -221,6 +236,13 @@ def test_vip_follows_the_monitor_and_leaves_on_stop(lab: Lab) -> None:
         assert lab.client_neighbour_mac() == lab.mac("khs-a")
         assert lab.status("khs-a")["role"] == "primary"
         wait_until("node_b says standby", lambda: lab.status("khs-b").get("role") == "standby")
+        # The status file is rewritten every second, changed or not: its age
+        # is how the vault tells a live kura-hasync from a stopped one.
+        first = lab.status("khs-a")["written_at"]
+        wait_until("node_a rewrites its status", lambda: lab.status("khs-a")["written_at"]
+                   != first, timeout=5)
+        assert lab.status("khs-a")["changed_at"] <= first
+        assert (lab.base / "khs-a.control.sock").is_socket()
 
         # Failover as the monitor runs it: the old primary is told to drain
         # first, the standby is promoted and reports wait_primary.
@@ -250,6 +272,7 @@ def test_vip_follows_the_monitor_and_leaves_on_stop(lab: Lab) -> None:
         assert stop(b) == 0
         assert lab.holders() == []
         assert not lab.client_pings_vip()
+        assert not (lab.base / "khs-b.control.sock").exists()
     finally:
         for proc in (a, b):
             stop(proc)
@@ -293,6 +316,58 @@ def test_isolated_primary_fences_but_not_for_the_witness_alone(lab: Lab) -> None
     finally:
         if receiver is not None and receiver.poll() is None:
             receiver.kill()
+        stop(a)
+    assert "Traceback" not in lab.log("khs-a")
+
+
+def switchover(lab: Lab, ns: str) -> dict[str, object]:
+    """What the vault asks kura-hasync over its control socket."""
+    return asyncio.run(control.ask(lab.base / f"{ns}.control.sock", {"op": "switchover"}, 15))
+
+
+def test_a_switchover_is_asked_of_the_monitor_only_with_a_synchronous_standby(
+    lab: Lab,
+) -> None:
+    a = lab.start("khs-a", "node_a")
+    receiver: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until("node_a holds the VIP", lambda: lab.holders() == ["khs-a"])
+        wait_until("the control socket", (lab.base / "khs-a.control.sock").exists)
+        assert switchover(lab, "khs-a")["error"] == "degraded"  # no standby at all
+        # A synchronous standby: pg_receivewal, named in synchronous_standby_names.
+        lab.cluster.psql("postgres", "ALTER SYSTEM SET synchronous_standby_names ="
+                                     " 'pg_receivewal'; SELECT pg_reload_conf();")
+        wal = lab.base / "wal"
+        wal.mkdir()
+        shutil.chown(wal, "postgres", "postgres")
+        receiver = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", str(bindir() / "pg_receivewal"),
+             "-D", str(wal), "-h", str(lab.cluster.socket_dir), "-p", str(lab.cluster.port),
+             "-U", "postgres", "--no-loop", "--synchronous"],
+            env=dict(os.environ, PGPASSWORD=lab.cluster.password("postgres")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until("node_a sees a synchronous standby",
+                   lambda: lab.status("khs-a").get("sync_standby") is True)
+        standby = lab.status("khs-a")["replication"]["standbys"][0]  # type: ignore[index]
+        assert (standby["name"], standby["sync_state"]) == ("pg_receivewal", "sync")
+        assert lab.cluster.psql("postgres", "SELECT count(*) FROM pgautofailover.asked"
+                                ).strip() == "0"
+
+        assert switchover(lab, "khs-a") == {"ok": True, "group": 0}
+        assert lab.cluster.psql("postgres", "SELECT formationid || '/' || groupid"
+                                            " FROM pgautofailover.asked").strip() == "default/0"
+        # The monitor drains node_a: it gives the address up like in any failover.
+        wait_until("node_a drops the VIP", lambda: lab.holders() == [])
+        wait_until("node_a says demoted", lambda: lab.status("khs-a").get("role") == "demoted")
+        assert switchover(lab, "khs-a")["error"] == "not_primary"
+        assert lab.cluster.psql("postgres", "SELECT count(*) FROM pgautofailover.asked"
+                                ).strip() == "1"
+    finally:
+        if receiver is not None and receiver.poll() is None:
+            receiver.kill()
+        lab.cluster.psql("postgres", "ALTER SYSTEM RESET synchronous_standby_names;"
+                                     " SELECT pg_reload_conf();")
         stop(a)
     assert "Traceback" not in lab.log("khs-a")
 

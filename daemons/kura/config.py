@@ -115,9 +115,12 @@ class HaConfig:
     fence_seconds: float = FENCE_SECONDS
     poll_seconds: float = 2.0  # the safety poll of the monitor between notifications
     arping: str = "arping"  # iputils-arping; a bare name is looked up on PATH
-    # Where the role is written for the vault (JSON); default
-    # $RUNTIME_DIRECTORY/status.json, i.e. /run/kura-hasync/status.json.
+    # Where the role is written for the vault (JSON), rewritten every second;
+    # default /run/kura-hasync/status.json (the unit's RuntimeDirectory=).
     status_file: Path | None = None
+    # Where kura-hasync listens for the vault's planned switchover (group kura,
+    # 0660); default /run/kura-hasync/control.sock.
+    control_socket: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -206,12 +209,14 @@ def _pg_autoctl_settings(path: Path) -> dict[str, str]:
     return {key: section[key] for key in ("monitor", "name", "formation") if key in section}
 
 
-def _status_file(ha: dict[str, Any], env: dict[str, str]) -> Path | None:
-    """Explicit, else in the unit's RuntimeDirectory= ($RUNTIME_DIRECTORY)."""
-    if "status_file" in ha:
-        return Path(str(ha["status_file"]))
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    return Path(runtime) / "status.json" if runtime else None
+# kura-hasync's RuntimeDirectory=. Fixed, not $RUNTIME_DIRECTORY: the vault
+# reads the same [ha] section from its own unit, whose runtime folder differs.
+HASYNC_RUNTIME = Path("/run/kura-hasync")
+
+
+def _runtime_path(ha: dict[str, Any], key: str, name: str) -> Path:
+    """Explicit, else in kura-hasync's runtime folder."""
+    return Path(str(ha[key])) if key in ha else HASYNC_RUNTIME / name
 
 
 def parse_ha(ha: dict[str, Any], env: dict[str, str] | None = None) -> HaConfig:
@@ -248,7 +253,8 @@ def parse_ha(ha: dict[str, Any], env: dict[str, str] | None = None) -> HaConfig:
         fence_seconds=fence,
         poll_seconds=poll,
         arping=str(ha.get("arping", "arping")),
-        status_file=_status_file(ha, env or {}),
+        status_file=_runtime_path(ha, "status_file", "status.json"),
+        control_socket=_runtime_path(ha, "control_socket", "control.sock"),
     )
 
 

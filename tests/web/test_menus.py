@@ -9,9 +9,10 @@ kura.console.web.menu), so the menu is checked against the product's word:
   approve), disposal and its records, retention rules, the handling-status
   ledger;
 - SA: disposal records, retention rules, the audit log, access history, the
-  ledger, the audit export, the security policy — nothing that shows a number;
-- DA: users and the appliance's status — nothing that shows a number or
-  approves anything.
+  ledger, the audit export, the security policy, the HA pair's page (to read)
+  — nothing that shows a number;
+- DA: users, the appliance's status and the HA pair's page — nothing that
+  shows a number or approves anything.
 
 A screenshot of each role's home page is saved as a test artefact."""
 
@@ -43,12 +44,13 @@ POLICY = ("/admin/policy", "セキュリティポリシー")
 USERS = ("/admin/users", "ユーザー管理")
 STATUS = ("/admin/status", "アプライアンスの状態")
 APPROVALS = ("/admin/approvals", "アカウント変更の承認")  # the DA's account proposals
+HA = ("/admin/ha", "冗長構成（HA ペア）")  # issue 11
 
 MENUS: dict[str, set[tuple[str, str]]] = {
     "MU": {SEARCH, EXPORTS, REQUESTS, PAYEE, IMPORT, DISPOSAL, RETENTION},
     "MA": {SEARCH, EXPORTS, REQUESTS, DISPOSAL, RECORDS, RETENTION, LEDGER, APPROVALS},
-    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY, APPROVALS},
-    "DA": {USERS, STATUS},
+    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY, APPROVALS, HA},
+    "DA": {USERS, STATUS, HA},
 }
 GROUPS: dict[str, set[str]] = {
     "MU": {"利用", "収集", "廃棄"},

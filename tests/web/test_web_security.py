@@ -184,6 +184,16 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/admin/approvals/approve"): frozenset({"SA", "MA"}),
     ("POST", "/admin/approvals/reject"): frozenset({"SA", "MA"}),
     ("GET", "/admin/status"): DA,
+    # the HA pair: its page for the DA and (read-only) the SA; the planned
+    # switchover is the DA's alone (issue 11)
+    ("GET", "/admin/ha"): frozenset({"SA", "DA"}),
+    ("POST", "/admin/ha/switchover"): DA,
+    # pairing a standby: the DA proposes and delivers, an SA approves or rejects
+    ("GET", "/admin/ha/pair"): frozenset({"SA", "DA"}),
+    ("POST", "/admin/ha/pair"): DA,
+    ("POST", "/admin/ha/pairings/{id}/approve"): SA,
+    ("POST", "/admin/ha/pairings/{id}/reject"): SA,
+    ("POST", "/admin/ha/pairings/{id}/deliver"): DA,
     # the audit-integrity incident: everyone is told why Kura stopped (a clerk
     # is sent there); only an SA and a DA acknowledge it (issue 10)
     ("GET", "/audit-integrity"): EVERYONE,

@@ -491,6 +491,20 @@ ROUTES: tuple[Route, ...] = (
         "The appliance: seal, keyring, database and storage, accounts, sessions (DA)",
         tag="vault",
     ),
+    Route(
+        "GET",
+        "/ha",
+        "ha.status",
+        "The HA pair: roles, replication and lag, sync or degraded, witness, role changes",
+        tag="vault",
+    ),
+    Route(
+        "POST",
+        "/ha/switchover",
+        "ha.switchover",
+        "Planned switchover: the standby becomes primary (DA; refused when degraded)",
+        tag="vault",
+    ),
 )
 
 

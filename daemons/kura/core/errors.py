@@ -224,6 +224,17 @@ class NotReplicated(Unavailable):
           "Check, then try again.")
 
 
+class SwitchoverRefused(Conflict):
+    """A planned switchover was not started: this node is not the primary, the
+    pair is degraded (the standby may not hold every acknowledged write),
+    kura-hasync does not answer, or the monitor refused. ``detail.reason``
+    says which; nothing changed."""
+
+    code = "switchover_refused"
+    ja = "切り替えを開始できませんでした。"
+    en = "The switchover was not started."
+
+
 class DecryptionFailed(KuraError):
     """A ciphertext or wrapped key did not authenticate: wrong key, or the
     stored bytes were altered or moved to another record, field or version.

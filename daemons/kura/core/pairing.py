@@ -105,6 +105,8 @@ SCHEMAS: dict[str, Schema] = {
     "ha.approve": obj({"id": UUID}),
     "ha.reject": obj({"id": UUID}, {"reason": text(500)}),
     "ha.pairings": obj({}),
+    "ha.status": obj({}),
+    "ha.switchover": obj({}),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")

@@ -124,6 +124,9 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "ha.approve": frozenset({_SA}),
     "ha.reject": frozenset({_SA}),
     "ha.pairings": frozenset({_DA, _SA}),
+    # the pair's health page; a planned switchover (kura.vault.hastatus)
+    "ha.status": frozenset({_DA, _SA}),
+    "ha.switchover": frozenset({_DA}),
 }
 
 OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)

@@ -8,6 +8,11 @@ facts. After the actions it re-applies the decided VIP state (idempotent), so
 an address removed or added behind its back is put right within a second.
 The VIP is dropped when the daemon stops, whatever stops it; ``--release``
 (the unit's ExecStopPost=) drops it after a crash too.
+
+The status file is rewritten every turn, not only when the role changes: its
+age is how the vault tells a live kura-hasync from a stopped one (kura.vault.
+hastatus). The control socket (kura.hasync.control) takes the vault's planned
+switchover.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from kura import config as config_module
 from kura.config import ConfigError, HaConfig
 from kura.core import ha
 from kura.core.errors import KuraError
 from kura.daemon import Notifier, run_main, run_until_stopped, setup_logging
+from kura.hasync.control import ControlServer
 from kura.hasync.local import DOWN, LocalCheck, LocalFacts
 from kura.hasync.monitor import MonitorWatcher
 from kura.hasync.vip import VipController
@@ -49,6 +56,7 @@ class Node:
         self.local = LocalCheck(settings.local_dsn)
         self.local_facts: LocalFacts = DOWN
         self.decision: ha.Decision | None = None
+        self.since = time.time()  # when the role or its health last changed
         self.notifier = Notifier()
 
     def observe(self) -> ha.Observation:
@@ -92,8 +100,17 @@ class Node:
                 "reachable" if status.witness_reachable else "unreachable", status.rule)
         self.notifier.send(f"STATUS=role {status.role}"
                            f"{' (degraded)' if status.degraded else ''}")
-        if self.settings.status_file is not None:
-            write_status(self.settings.status_file, self.settings, status)
+        self.since = time.time()
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the status file (also every turn: its age says we are alive)."""
+        if self.settings.status_file is not None and self.decision is not None:
+            write_status(self.settings.status_file, self.settings, self.decision.status,
+                         since=self.since, replication=self.local_facts.replication)
+
+    def status(self) -> ha.Status | None:
+        return self.decision.status if self.decision is not None else None
 
     async def run(self) -> None:
         try:
@@ -101,6 +118,7 @@ class Node:
                 self.decide()  # with what we know: a drop must not wait for PostgreSQL
                 self.local_facts = await self.local.check()
                 self.decide()
+                self.publish()
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=TICK_SECONDS)
@@ -111,13 +129,25 @@ class Node:
         await self.local.close()
 
 
-def write_status(path: Path, settings: HaConfig, status: ha.Status) -> None:
-    """Written to a temporary name and renamed, so a reader never sees half."""
+def _utc(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def write_status(path: Path, settings: HaConfig, status: ha.Status, since: float | None = None,
+                 replication: dict[str, Any] | None = None) -> None:
+    """Written to a temporary name and renamed, so a reader never sees half.
+    ``changed_at`` is when the role or its health last changed (``since``),
+    ``written_at`` now; ``replication`` is what the local PostgreSQL says of
+    its standby or of its own replay (kura.hasync.local)."""
+    now = time.time()
     body = {
         **asdict(status),
         "node": settings.node,
+        "formation": settings.formation,
         "vip": str(settings.vip),
-        "changed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "changed_at": _utc(since if since is not None else now),
+        "written_at": _utc(now),
+        "replication": replication or {},
     }
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -142,9 +172,13 @@ async def serve(config_path: str | None) -> None:
     node = Node(settings, vip)
     log.info("node %s of formation %s, VIP %s on %s, fence after %gs", settings.node,
              settings.formation, settings.vip, settings.interface, settings.fence_seconds)
+    tasks = [node.monitor.run(), node.run()]
+    if settings.control_socket is not None:
+        control = ControlServer(settings.control_socket, settings.monitor, settings.formation,
+                                settings.node, node.status)
+        tasks.append(control.run())
     try:
-        await run_until_stopped(f"following node {settings.node}", node.monitor.run(),
-                                node.run())
+        await run_until_stopped(f"following node {settings.node}", *tasks)
     finally:
         vip.drop()
         await node.close()

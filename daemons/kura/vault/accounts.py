@@ -181,6 +181,7 @@ class AccountOperations(AccountApprovalOperations):
             "language": s.language,
             "display_name": s.display_name,
             "idle_minutes": self.policy.session_idle_minutes,
+            "ha_degraded": self.pair_degraded(),
         }
 
     @operation("preferences.set")

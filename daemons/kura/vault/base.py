@@ -123,6 +123,10 @@ class VaultBase:
     """The vault's state; the operation classes build on it."""
 
     role: str = SINGLE
+    # The last of ha.degraded / ha.in_step in the log (kura.vault.hastatus);
+    # None: read the log first (at start, and after being a standby, while
+    # the other node may have written its own).
+    _pair_recorded: str | None = None
 
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         self.config = config
@@ -147,6 +151,15 @@ class VaultBase:
         """False on a standby: its database takes no writes, and the vault
         writes nothing (no audit entry, checkpoint, session) until promoted."""
         return self.role != STANDBY
+
+    def pair_degraded(self) -> bool:
+        """An HA primary going on without its standby (kura.vault.hastatus):
+        the console's banner on every page."""
+        return False
+
+    async def follow_pair(self) -> None:
+        """Record the pair's loss of redundancy and its return (kura.vault.
+        hastatus); nothing on a single appliance."""
 
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:

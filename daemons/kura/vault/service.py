@@ -62,6 +62,7 @@ from kura.vault.base import (
 )
 from kura.vault.disposals import DisposalOperations
 from kura.vault.exports import ExportOperations
+from kura.vault.hastatus import HaStatusOperations
 from kura.vault.oversight import OversightOperations
 from kura.vault.pairing import PairingOperations
 from kura.vault.policy import PolicyOperations
@@ -91,6 +92,7 @@ class Vault(
     PolicyOperations,
     StandbyOperations,
     PairingOperations,
+    HaStatusOperations,
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)

@@ -94,6 +94,7 @@ class StandbyOperations(IntegrityOperations):
         # Sessions and their last-seen times live in the primary's database.
         self.sessions.clear()
         self._deferred_promotion = None
+        self._pair_recorded = None  # the other node writes the log meanwhile
 
     async def _become_writable(self, role: str, previous: str) -> None:
         """Promotion: check the chain extends the held head, then write."""
@@ -153,6 +154,11 @@ class StandbyOperations(IntegrityOperations):
             await self.follow_role()
             if self.role != STANDBY:
                 await self.maintain(now)
+                if self.keys is not None and self.integrity is None:
+                    try:
+                        await self.follow_pair()
+                    except ChainDiverged as exc:
+                        await self.diverged(exc)
             elif self.keys is not None:
                 await self._standby_upkeep(now)
         except (Standby, Unavailable) as exc:

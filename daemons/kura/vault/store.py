@@ -810,6 +810,19 @@ class Tx:
         )
 
 
+    async def latest_entries(self, actions: Sequence[str], limit: int) -> list[Row]:
+        """The newest entries of these actions (the pair's role changes): each
+        action's newest through the (action, at) index, so a home page does
+        not scan a long log for a few rare entries."""
+        return await self.all(
+            "SELECT e.seq, e.at, e.actor, e.role, e.action, e.outcome, e.target, e.detail"
+            " FROM unnest(%s::text[]) AS wanted(action), LATERAL ("
+            "  SELECT seq, at, actor, role, action, outcome, target, detail FROM audit"
+            "  WHERE audit.action = wanted.action ORDER BY at DESC LIMIT %s) AS e"
+            " ORDER BY e.seq DESC LIMIT %s",
+            (list(actions), limit, limit),
+        )
+
     # --- registration requests and their documents (kura.vault.requests) ------
 
     async def insert_request(self, values: Mapping[str, Any]) -> None:

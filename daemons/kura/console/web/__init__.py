@@ -11,7 +11,8 @@ catalogs live in ``webui/``; the views live in one module per area:
 - ``reports``: the audit log, access history, the handling-status ledger,
   the audit bundle;
 - ``admin``: users, the security policy, the appliance's status;
-- ``pairing``: pairing an HA standby (the DA proposes, an SA approves).
+- ``pairing``: pairing an HA standby (the DA proposes, an SA approves);
+- ``ha``: the HA pair's page and its planned switchover.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kura.console.web.rendering import make_environments
 
 AREAS = (
     "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts",
-    "pairing",
+    "pairing", "ha",
 )
 
 

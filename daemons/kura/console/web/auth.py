@@ -12,7 +12,7 @@ from aiohttp import web
 
 from kura.console.api import VAULT
 from kura.console.vaultclient import VaultError
-from kura.console.web import admin, i18n, security
+from kura.console.web import admin, ha, i18n, security
 from kura.console.web.accounts import home_context
 from kura.console.web.pages import (
     WEB,
@@ -59,9 +59,13 @@ async def home(request: web.Request) -> web.Response:
     stopped = status.get("audit_integrity", {}).get("state") == "fault"
     # The admins see the policy's changes and the accounts waiting for them.
     changes = None if stopped else await admin.policy_changes(request)
-    account_notes = {} if stopped else await home_context(request, await visitor(request))
+    who = await visitor(request)
+    account_notes = {} if stopped else await home_context(request, who)
+    # The DA and the SA see the HA pair's role changes.
+    ha_changes = [] if stopped else await ha.home_changes(request, who)
     return render_page(
-        request, "home.html", vault=status, policy_changes=changes, account_notes=account_notes
+        request, "home.html", vault=status, policy_changes=changes, account_notes=account_notes,
+        ha_changes=ha_changes,
     )
 
 

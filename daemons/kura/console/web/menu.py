@@ -43,6 +43,7 @@ MENU: tuple[MenuItem, ...] = (
         "/admin/approvals", N_("Account approvals"), frozenset({SA, MA}), N_("Administration")
     ),
     MenuItem("/admin/status", N_("Appliance status"), frozenset({DA}), N_("Administration")),
+    MenuItem("/admin/ha", N_("HA pair"), frozenset({DA, SA}), N_("Administration")),
 )
 
 

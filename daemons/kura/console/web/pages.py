@@ -127,6 +127,8 @@ async def visitor(request: web.Request) -> Visitor | None:
             found = Visitor.from_whoami(me)
             # The vault's audit-integrity state: a banner on every page (SA, DA).
             request["kura.audit_integrity"] = me.get("audit_integrity") == "fault"
+            # An HA primary going on without its standby: a banner for everyone.
+            request["kura.ha_degraded"] = bool(me.get("ha_degraded"))
         except VaultError as exc:
             # In the audit-integrity state the vault refuses a clerk even this:
             # no visitor, and their pages lead to the "stopped" page.
@@ -184,6 +186,7 @@ def render_page(
         "error": None,
         "audit_integrity_fault": request.get("kura.audit_integrity", False),
         "standby": request.get("kura.standby", False),
+        "ha_degraded": request.get("kura.ha_degraded", False),
         **context,
     }
     response.text = render(state.envs[lang], template, values)
