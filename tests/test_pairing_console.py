@@ -33,11 +33,14 @@ def free_port() -> int:
 class Serving:
     """``kura ha offer --serve`` as a process, with what its screen shows."""
 
-    def __init__(self, standby: Standby, port: int) -> None:
-        self.address = f"127.0.0.1:{port}"
+    def __init__(self, standby: Standby, port: int, host: str = "127.0.0.1",
+                 *extra: str) -> None:
+        # The address the primary reaches (a VM reaches its host as 10.0.2.2);
+        # the standby listens on loopback either way.
+        self.address = f"{host}:{port}"
         self.proc = subprocess.Popen(
-            [*KURA, "ha", "offer", "--address", self.address, "--serve",
-             "--config", str(standby.config)],
+            [*KURA, "ha", "offer", "--address", self.address, "--listen", "127.0.0.1",
+             "--serve", "--config", str(standby.config), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.screen: list[str] = []

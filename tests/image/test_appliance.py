@@ -30,6 +30,8 @@ import pytest
 
 from tests.image.conftest import VMFactory
 from tests.support import Api, activate, my_numbers, provision
+from tests.test_pairing_console import Serving, free_port, pair_through_the_console
+from tests.test_pairing_flow import Standby
 from vm import VM
 
 pytestmark = pytest.mark.image
@@ -152,6 +154,24 @@ def test_unattended_tpm_setup_reboot_and_disk_theft(kura_vm: VM, tmp_path: Path)
     for number, sid in ids.items():
         shown = mu.post(f"/subjects/{sid}/reveal", {"purpose": "payment_record"})
         assert shown.status == 200 and shown.json["number"] == number
+
+    # The booted image pairs a standby over the network: here the standby is
+    # `kura ha offer --serve` on the host (reached from the VM at 10.0.2.2); the
+    # DA proposes on the image's console, an SA approves, the DA delivers, and
+    # the standby seals the image's root key (the envelope's check value proves
+    # it is that key). The full pair runs in namespaces (tests/ha, docs/ha.md).
+    sa = provision(da, "sa1", "SA")
+    (tmp_path / "standby").mkdir()
+    standby = Standby(tmp_path / "standby")
+    served = Serving(standby, free_port(), "10.0.2.2", "--seal", "host")
+    try:
+        pair_through_the_console(da, sa, served)
+        code, screen = served.finish(timeout=60)
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+    assert code == 0, screen
+    assert re.search(r"paired with \S+: root key sealed with host", screen), screen
 
     # Reboot: the TPM unseals the vault by itself; everything is still there.
     assert machine.shutdown(timeout=180), "the appliance ignored the power button"
