@@ -14,6 +14,7 @@ in place (a write begun before may still have been acknowledged by the old prima
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -237,13 +238,27 @@ def run(scenario: Scenario, running: Load) -> Outcome:
         scenario.during(running, before)
     if scenario.repair is not None:
         scenario.repair(pair, before)
-    after = lab.wait_stable(STABLE_TIMEOUT)
+    try:
+        after = lab.wait_stable(STABLE_TIMEOUT)
+    except TimeoutError as exc:
+        raise AssertionError(f"{scenario.name}: {exc}\n{diagnosis(lab)}") from exc
     stable = time.time() - t0
     if scenario.failover is not None:
         assert (after != before) == scenario.failover, (
             f"{scenario.name}: primary {before} -> {after}")
     acknowledged, lost = check_healthy(running, after)
     return Outcome(scenario.name, before, after, recovery, stable, acknowledged, lost)
+
+
+def diagnosis(lab: Lab) -> str:
+    """What the monitor holds and the last lines of each keeper's log, for a failure."""
+    lines = [f"monitor: {lab.states()}"]
+    for name in DATA_NODES:
+        log = lab.base / "logs" / f"{name}-pg_autoctl.log"
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            lines += [f"--- {name} pg_autoctl", *tail]
+    return "\n".join(lines)
 
 
 def check_healthy(running: Load, primary: str) -> tuple[int, int]:

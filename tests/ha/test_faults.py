@@ -64,6 +64,6 @@ def test_ten_failovers_in_a_row_alternate_sides_and_lose_nothing(
         recoveries.append(outcome.recovery)
         assert outcome.lost == 0
     print(f"\n{FAILOVERS_IN_A_ROW} power-offs of the primary in a row: recovery "
-          + ", ".join(f"{r:.1f}" for r in recoveries) + f" s; primaries {primaries}")
+          + ", ".join(f"{r:.2f}" for r in recoveries) + f" s; primaries {primaries}")
     assert all(a != b for a, b in itertools.pairwise(primaries))
     assert max(recoveries) <= faults.RECOVERY_TARGET
