@@ -4,7 +4,7 @@ For each fault scenario of tests/ha/faults.py, repeated ``--reps`` times under a
 writes through the floating address: the recovery time from the fault to the first write
 acknowledged through the floating address (p50, p99, max) and the acknowledged writes lost
 (must be 0). Then the planned switchover (the monitor's
-``pgautofailover.perform_switchover``) to the first write acknowledged by the new primary
+``pgautofailover.perform_failover``, what ``pg_autoctl perform switchover`` calls) to the first write acknowledged by the new primary
 through the floating address (target at most 5 s).
 
 The price of synchronous replication, in the same run, on the same node: ``--clients``
@@ -93,7 +93,7 @@ def switchover(running: faults.Load) -> float:
     after = lab.other(before)
     faults.wait(lambda: running.pair.vip_holder() == [before], 30, "the address on the primary")
     t0 = time.time()
-    lab.nodes["witness"].psql("SELECT pgautofailover.perform_switchover('default', 0)",
+    lab.nodes["witness"].psql("SELECT pgautofailover.perform_failover('default', 0)",
                               "pg_auto_failover")
 
     def first() -> float | None:
@@ -140,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     with lab_with_formation() as lab:
         pair = install(lab)
         throughput = price_of_sync(pair, args.clients, args.seconds)
+        print_throughput(args, throughput)
         with faults.load(pair) as running:
             for rep in range(args.reps):
                 for scenario in chosen:
                     outcome = faults.run(scenario, running)
                     print(f"  run {rep + 1}: {outcome.line()}", file=sys.stderr, flush=True)
                     outcomes[scenario.name].append(outcome)
+            print_faults(args, outcomes)  # already, in case a switchover fails
             switchovers = []
             for n in range(args.switchovers):
                 switchovers.append(switchover(running))
@@ -154,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, outcomes, throughput, switchovers)
 
 
-def report(args: argparse.Namespace, outcomes: dict[str, list[faults.Outcome]],
-           throughput: list[Throughput], switchovers: list[float]) -> int:
+def print_faults(args: argparse.Namespace,
+                 outcomes: dict[str, list[faults.Outcome]]) -> tuple[float, int]:
+    """The fault table; returns the worst p99 recovery and the writes lost."""
     print(f"\nHA pair failover, {args.reps} runs per fault, on {machine()}")
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     rows = []
@@ -170,19 +173,30 @@ def report(args: argparse.Namespace, outcomes: dict[str, list[faults.Outcome]],
                      statistics.median(o.stable for o in runs), sum(o.lost for o in runs),
                      sum(o.acknowledged for o in runs[-1:])))
     print(table(("fault", "runs", "failovers", "recovery p50 s", "p99 s", "max s",
-                 "in sync again s (p50)", "lost", "acknowledged"), rows))
-    if switchovers:
-        p50, p99, top = stats(switchovers)
-        print(f"\nplanned switchover → first write through the floating address on the new "
-              f"primary: p50 {p50:.2f} s, p99 {p99:.2f} s, max {top:.2f} s "
-              f"({len(switchovers)} runs)")
+                 "in sync again s (p50)", "lost", "acknowledged"), rows), flush=True)
+    return worst, lost
+
+
+def print_throughput(args: argparse.Namespace, throughput: list[Throughput]) -> None:
     pair, alone = throughput
     print(f"\nWrites through the floating address, {args.clients} clerks without pause, "
           f"{args.seconds:.0f} s each:\n")
     print(table(("", "writes/s", "latency p50 ms", "p99 ms"),
                 [(t.name, t.per_second, t.p(50), t.p(99)) for t in throughput]
                 + [("pair / alone", pair.per_second / alone.per_second,
-                    pair.p(50) / alone.p(50), pair.p(99) / alone.p(99))]))
+                    pair.p(50) / alone.p(50), pair.p(99) / alone.p(99))]), flush=True)
+
+
+def report(args: argparse.Namespace, outcomes: dict[str, list[faults.Outcome]],
+           throughput: list[Throughput], switchovers: list[float]) -> int:
+    worst = max(stats([o.recovery for o in runs])[1] for runs in outcomes.values())
+    lost = sum(o.lost for runs in outcomes.values() for o in runs)
+    if switchovers:
+        p50, p99, top = stats(switchovers)
+        print(f"\nplanned switchover → first write through the floating address on the new "
+              f"primary: p50 {p50:.2f} s, p99 {p99:.2f} s, max {top:.2f} s "
+              f"({len(switchovers)} runs)")
+    print_throughput(args, throughput)
     checks = [
         Check("failover recovery p99 (worst fault)", f"≤ {faults.RECOVERY_TARGET:.0f} s",
               f"{worst:.2f} s", worst <= faults.RECOVERY_TARGET),
