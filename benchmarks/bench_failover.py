@@ -3,9 +3,9 @@
 For each fault scenario of tests/ha/faults.py, repeated ``--reps`` times under a clerk's
 writes through the floating address: the recovery time from the fault to the first write
 acknowledged through the floating address (p50, p99, max) and the acknowledged writes lost
-(must be 0). Then the planned switchover (the monitor's
-``pgautofailover.perform_failover``, what ``pg_autoctl perform switchover`` calls) to the first write acknowledged by the new primary
-through the floating address (target at most 5 s).
+(must be 0). Then the planned switchover (the monitor's ``pgautofailover.perform_failover``,
+what ``pg_autoctl perform switchover`` calls) to the first write acknowledged by the new
+primary through the floating address (target at most 5 s).
 
 The price of synchronous replication, in the same run, on the same node: ``--clients``
 clerks write without pause for ``--seconds`` seconds through the floating address to the
