@@ -183,6 +183,14 @@ def test_standby_lost_is_degraded_at_once() -> None:
         Vip.HOLD, Role.PRIMARY_DEGRADED, True)
 
 
+def test_told_to_go_on_alone_is_degraded_while_the_lost_standby_still_shows() -> None:
+    """The monitor has assigned wait_primary; the cut-off standby's walsender is still
+    listed (until wal_sender_timeout): the role and the degraded flag must agree at once,
+    or the console would show "primary-degraded" without the alarm."""
+    decision = decide(observe("wait_primary", reported="primary", streaming=True), FENCE)
+    assert (decision.status.role, decision.status.degraded) == (Role.PRIMARY_DEGRADED, True)
+
+
 def test_primary_with_sync_standby_is_not_degraded() -> None:
     assert decide(observe("primary"), FENCE).status.degraded is False
     assert decide(observe("primary", sync=False), FENCE).status.degraded is True

@@ -4,9 +4,10 @@ the pair only through the floating address, over the console's JSON API.
     setup   activate the first DA (its one-time password from a file) and provision an
             MU through the two-person rules; write the MU's credentials to a 0600 file
     writer  register one payee after another as that MU; one line per attempt:
-            "ack ID START END NODE" for a 201 (NODE: the appliance that answered
-            /status right before, as the clerk's screen would show it), "fail ID START END
-            WHY" otherwise. Only an "ack" counts as acknowledged.
+            "ack ID START END NODE SECONDS" for a 201 (NODE: the appliance that answered
+            /status right before, as the clerk's screen would show it; SECONDS: the POST
+            alone, the write's latency), "fail ID START END WHY" otherwise. Only an "ack"
+            counts as acknowledged.
 
 The numbers are generated (valid check digits), never real ones.
 """
@@ -74,10 +75,12 @@ def writer(url: str, ca: Path, creds_file: Path, start_id: int, pause: float) ->
         try:
             api = clerk.signed_in()
             node = clerk.node()
+            posted = time.time()
             r = api.post("/payees", {"code": code(write_id), "name": f"書込 {write_id}",
                                      "number": my_number(random.Random(write_id))})
             if r.status == 201:
-                emit(f"ack {write_id} {began:.3f} {time.time():.3f} {node}")
+                done = time.time()
+                emit(f"ack {write_id} {began:.3f} {done:.3f} {node} {done - posted:.4f}")
                 write_id += 1
                 time.sleep(pause)
                 continue

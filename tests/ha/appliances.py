@@ -59,11 +59,11 @@ class KuraPair:
                                         "kura", timeout=30)
         return set(out.split())
 
-    def writer(self, start_id: int = 1) -> ClientProcess:
-        return self._client("writer", "--start-id", str(start_id))
+    def writer(self, start_id: int = 1, pause: float = 0.05) -> ClientProcess:
+        return self._client("writer", "--start-id", str(start_id), "--pause", str(pause))
 
     def _client(self, mode: str, *extra: str) -> ClientProcess:
-        log = self.lab.base / "logs" / f"api-{mode}-{time.time():.0f}.log"
+        log = self.lab.base / "logs" / f"api-{mode}-{time.time():.3f}.log"
         out = log.open("wb")
         process = subprocess.Popen(
             _client_argv(mode, self.cert, self.creds, *extra), stdout=out,

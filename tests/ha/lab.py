@@ -576,7 +576,7 @@ class Lab:
 
     def client(self, mode: str, targets: list[str], start_id: int = 1) -> ClientProcess:
         """Start tests/ha/writer.py in the client namespace (host Python, lab CA)."""
-        log = self.base / "logs" / f"client-{mode}-{time.time():.0f}.log"
+        log = self.base / "logs" / f"client-{mode}-{time.time():.3f}.log"
         env = {**os.environ, "PGPASSFILE": str(self.client_pgpass),
                "PYTHONPATH": f"{REPO / 'daemons'}:{REPO}"}
         argv = ["ip", "netns", "exec", NS_PREFIX + "client",
@@ -627,9 +627,14 @@ class ClientProcess:
         result = []
         for line in self.lines():
             parts = line.split()
-            if parts and parts[0] == "ack" and len(parts) == 5:
+            if parts and parts[0] == "ack" and len(parts) >= 5:
                 result.append((int(parts[1]), float(parts[2]), float(parts[3]), parts[4]))
         return result
+
+    def latencies(self) -> list[tuple[float, float]]:
+        """(end, seconds) of every acknowledged write that reported its own latency."""
+        return [(float(parts[3]), float(parts[5])) for parts in map(str.split, self.lines())
+                if parts and parts[0] == "ack" and len(parts) >= 6]
 
     def first_ack_after(self, t: float) -> tuple[float, str] | None:
         """End time and target of the first write begun after `t` that was acknowledged."""

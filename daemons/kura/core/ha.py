@@ -274,9 +274,10 @@ def decide(obs: Observation, fence_seconds: float, was_fenced: bool = False) -> 
     f = facts(obs, fence_seconds, was_fenced)
     rule = match(f)
     role = state_role(obs.goal, obs.reported) if rule.role == STATE else Role(rule.role)
-    writable_roles = (Role.PRIMARY, Role.PRIMARY_DEGRADED, Role.SINGLE)
-    degraded = role is Role.FENCED or (
-        role in writable_roles and role is not Role.SINGLE and not obs.sync_standby
+    # Degraded: fenced, told by the monitor to go on alone (even while the lost standby's
+    # walsender lingers, up to wal_sender_timeout), or a primary without a sync standby.
+    degraded = role in (Role.FENCED, Role.PRIMARY_DEGRADED) or (
+        role is Role.PRIMARY and not obs.sync_standby
     )
     return Decision(
         vip=rule.vip,
