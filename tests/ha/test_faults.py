@@ -53,6 +53,42 @@ def test_fault(running: faults.Load, scenario: faults.Scenario) -> None:
     assert outcome.recovery <= faults.RECOVERY_TARGET, outcome.line()
 
 
+def test_a_lagging_standby_is_never_promoted(running: faults.Load) -> None:
+    """The standby is cut off and the primary goes on alone (degraded), so the standby
+    lacks acknowledged writes; then the primary dies. The standby, back on the network,
+    must not be promoted (it would lose those writes): no node takes writes and the
+    floating address answers nowhere until the old primary is back, which then holds
+    every acknowledged write."""
+    pair, lab = running.pair, running.pair.lab
+    primary = lab.wait_stable(faults.STABLE_TIMEOUT)
+    standby = lab.other(primary)
+    faults.wait(lambda: pair.vip_holder() == [primary], 30, f"the floating address on {primary}")
+    lab.cut(standby)
+    faults._degraded_alone(running, primary)  # writes the standby does not have
+    lab.nodes[primary].power_off()
+    dead = time.time()
+    lab.heal(standby)
+    # Long enough for the monitor to have promoted it, were it going to: its timers and
+    # kura-hasync's fence twice over.
+    time.sleep(3 * faults.FENCE_WAIT)
+    assert lab.in_recovery(standby) is True, lab.states()
+    assert lab.primary() is None, lab.states()
+    assert pair.vip_holder() == []
+    late = [a for a in running.writer.acks() if a[2] > dead + 1]
+    assert not late, f"writes acknowledged with the primary powered off: {late[:3]}"
+
+    lab.nodes[primary].power_on()
+    try:
+        after = lab.wait_stable(faults.STABLE_TIMEOUT)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{faults.diagnosis(lab)}") from exc
+    assert after == primary
+    acknowledged, lost = faults.check_healthy(running, after)
+    print(f"\nlagging standby not promoted; {primary} back after {time.time() - dead:.1f} s;"
+          f" {lost} of {acknowledged} acknowledged writes lost")
+    assert lost == 0
+
+
 def test_ten_failovers_in_a_row_alternate_sides_and_lose_nothing(
     running: faults.Load,
 ) -> None:
