@@ -73,22 +73,22 @@ def lifetime(minutes: int | None) -> timedelta:
 # Why a token does not enrol, by its state; None: it enrols.
 UNKNOWN, USED, EXPIRED, WITHDRAWN = "unknown", "used", "expired", "withdrawn"
 REFUSE_REASONS = (UNKNOWN, USED, EXPIRED, WITHDRAWN)
+# (known, used, withdrawn, expired) -> the refusal, None: it enrols. Checked
+# in this order: a used token says "used" even when it has since expired, so
+# the SA reading the log sees a second attempt for what it is.
 TOKEN_RULES: dict[tuple[bool, bool, bool, bool], str | None] = {
-    # (known, used, withdrawn, expired) -> refusal
-    # Checked in this order: a used token says "used" even when it has since
-    # expired, so the SA reading the log sees a second attempt for what it is.
+    (known, used, withdrawn, expired): (
+        UNKNOWN if not known
+        else USED if used
+        else WITHDRAWN if withdrawn
+        else EXPIRED if expired
+        else None
+    )
+    for known in (False, True)
+    for used in (False, True)
+    for withdrawn in (False, True)
+    for expired in (False, True)
 }
-for _known in (False, True):
-    for _used in (False, True):
-        for _withdrawn in (False, True):
-            for _expired in (False, True):
-                TOKEN_RULES[(_known, _used, _withdrawn, _expired)] = (
-                    UNKNOWN if not _known
-                    else USED if _used
-                    else WITHDRAWN if _withdrawn
-                    else EXPIRED if _expired
-                    else None
-                )
 
 
 def token_refusal(row: dict[str, Any] | None, now: datetime) -> str | None:
