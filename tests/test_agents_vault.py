@@ -419,3 +419,40 @@ def test_a_silent_agent_is_audited_and_alerted_until_it_is_back(config: Config) 
         assert all(a["cleared"] for a in alerts if a["target"] == clerk["agent_id"])
 
     run(config, scenario)
+
+
+def test_posture_below_the_policy_makes_the_terminal_noncompliant(config: Config) -> None:
+    async def scenario(d: Desk) -> None:
+        clerk = await d.enrol()
+        serial = format(x509.load_pem_x509_certificate(
+            clerk["certificate"].encode()).serial_number, "x")
+        current = await d.as_sa("agents.policy_get", {"profile": "clerk-pc"})
+        saved = await d.as_sa("agents.policy_set", {
+            "profile": "clerk-pc", "version": current["version"],
+            "policy": {**current["policy"], "require_disk_encryption": True}})
+
+        async def beat(encrypted: bool | None) -> str:
+            report = {} if encrypted is None else {"policy_serial": saved["serial"],
+                                                   "disk_encrypted": encrypted}
+            await d.policy("agents.heartbeat", {"serial": serial, "address": CLERK_ADDRESS,
+                                                "report": report})
+            await d.vault.agent_sweep()
+            return await d.vault.terminal_standing(serial)
+
+        assert await beat(False) == "noncompliant"
+        entry = [e for e in await d.audit("agent.noncompliant")
+                 if e["target"] == clerk["agent_id"]]
+        assert entry[-1]["detail"]["problems"] == ["disk_not_encrypted"]
+        assert await beat(None) == "noncompliant"  # a bare heartbeat keeps the posture
+        assert await beat(True) == "compliant"
+        alerts = [a for a in (await d.as_sa("alerts.list"))["alerts"]
+                  if a["target"] == clerk["agent_id"]]
+        assert [a["kind"] for a in alerts] == ["agent.noncompliant"] and alerts[0]["cleared"]
+        # Only a clerk's PC is a terminal for the console.
+        server = await d.enrol(profile="business-server", address="192.0.2.41")
+        server_serial = format(x509.load_pem_x509_certificate(
+            server["certificate"].encode()).serial_number, "x")
+        assert await d.vault.terminal_standing(server_serial) == "unknown"
+        assert await d.vault.terminal_standing("not hex") == "unknown"
+
+    run(config, scenario)

@@ -512,7 +512,7 @@ class AgentOperations(VaultBase):
         now = self.clock()
         address = _address(args["address"])
         report = args.get("report") or {}
-        posture = rules.posture_of(report)
+        posture = rules.posture_of(report) if report else None
         reported = report.get("policy_serial")
         policy_serial = reported if isinstance(reported, int) and not isinstance(
             reported, bool) else None
@@ -622,12 +622,15 @@ class AgentOperations(VaultBase):
 
     async def _judge(self, tx: Tx, agent: Row, problems: list[dict[str, Any]],
                      now: datetime) -> None:
+        if problems == agent["problems"]:
+            return
+        agent_id = agent["agent_id"]
+        await tx.agent_judged(agent_id, not problems, problems)
+        # The log and the alerts follow the kinds of problem, not their figures.
         before = {p["code"] for p in agent["problems"]}
         after = {p["code"] for p in problems}
         if before == after:
             return
-        agent_id = agent["agent_id"]
-        await tx.agent_judged(agent_id, not problems, problems)
 
         async def note(action: str, outcome: str, detail: dict[str, Any]) -> None:
             await tx.append_audit(actor="-", role="", action=action, outcome=outcome,
