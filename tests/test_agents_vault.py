@@ -255,7 +255,7 @@ def test_revoke_refuses_the_agent_at_once_and_wakes_the_watch(config: Config) ->
         enrolled = await d.enrol()
         serial = format(x509.load_pem_x509_certificate(
             enrolled["certificate"].encode()).serial_number, "x")
-        state = await d.policy("agents.watch", {})
+        state = await d.policy("agents.watch", {"after": 0})  # knows nothing: at once
         watcher = asyncio.create_task(d.policy("agents.watch", {"after": state["generation"]}))
         await asyncio.sleep(0.2)
         assert not watcher.done()
@@ -454,5 +454,36 @@ def test_posture_below_the_policy_makes_the_terminal_noncompliant(config: Config
             server["certificate"].encode()).serial_number, "x")
         assert await d.vault.terminal_standing(server_serial) == "unknown"
         assert await d.vault.terminal_standing("not hex") == "unknown"
+
+    run(config, scenario)
+
+
+def test_kura_policy_gets_a_server_certificate_and_bundles_name_the_appliance(
+    config: Config,
+) -> None:
+    async def scenario(d: Desk) -> None:
+        d.vault.watch_seconds = 10.0
+        key = ec.generate_private_key(ec.SECP256R1())
+        state = await d.policy("agents.watch", {})
+        watcher = asyncio.create_task(d.policy("agents.watch", {"after": state["generation"]}))
+        made = await d.policy("agents.server_cert", {
+            "csr_pem": csr_pem(key), "names": ["192.0.2.10", "127.0.0.1", "kura-a"]}, "local")
+        cert = x509.load_pem_x509_certificate(made["certificate"].encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["kura-a"]
+        assert cert.issuer == x509.load_pem_x509_certificate(made["chain"].encode()).subject
+        woke = await asyncio.wait_for(watcher, 5)  # new bundles: the appliance's address
+        ca = await d.policy("agents.ca", {})
+        key_text = bundle.public_key_from_text(ca["bundle_key"])
+        for profile, serial in woke["serials"].items():
+            got = await d.policy("agents.bundle", {"profile": profile})
+            assert got["serial"] == serial
+            body = bundle.verify(got["envelope"], key_text).body
+            assert body["appliance_addresses"] == ["192.0.2.10"]
+        # An enrolment seen through an IPv6 socket records the IPv4 address.
+        enrolled = await d.enrol(address="::ffff:192.0.2.99")
+        listed = next(a for a in (await d.as_sa("agents.list"))["agents"]
+                      if a["agent_id"] == enrolled["agent_id"])
+        assert listed["address"] == "192.0.2.99"
 
     run(config, scenario)

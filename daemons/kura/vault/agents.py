@@ -79,11 +79,15 @@ def _clean(value: Any) -> Any:
 
 
 def _address(text: str) -> str:
+    """An IP address in normal form; an IPv4 address seen through an IPv6
+    socket (``::ffff:192.0.2.1``) as the IPv4 address it is."""
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         raise BadRequest("address: not an IP address", "address: IP アドレスではありません。",
                          field="address") from None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 def _envelope(row: Row) -> dict[str, str]:
@@ -97,7 +101,9 @@ def _envelope(row: Row) -> dict[str, str]:
 class AgentOperations(VaultBase):
     # How long agents.watch waits at most (tests shorten it).
     watch_seconds: float = rules.WATCH_SECONDS
-    _agent_generation: int = 0
+    # Starts at 1: a watcher that knows nothing yet asks with ``after`` 0 (or
+    # none) and gets the whole state at once.
+    _agent_generation: int = 1
     _agent_event: asyncio.Event | None = None
     _agent_swept: float = 0.0
     _agent_ca: Ca | None = None
@@ -425,7 +431,10 @@ class AgentOperations(VaultBase):
         names = [str(n) for n in args["names"]]
         cert = agentca.issue_server(csr, names, ca.intermediate,
                                     self._keys().agent_keys.issuing, self.clock())
-        addresses = sorted(set(agentca.ip_names(names)))
+        # The addresses agents reach this node by: no loopback, no link-local.
+        addresses = sorted({a for a in agentca.ip_names(names)
+                            if not ipaddress.ip_address(a).is_loopback
+                            and not ipaddress.ip_address(a).is_link_local})
         made: list[int] = []
         async with self.store.transaction() as tx:
             await tx.lock_agents()
