@@ -188,6 +188,8 @@ def run(config: Config, scenario: Any) -> None:
 def test_enrol_gives_a_certificate_under_the_pinned_ca(config: Config) -> None:
     async def scenario(d: Desk) -> None:
         ca = await d.vault.call("agents.ca", {}, None, "203.0.113.9", 12345)  # public
+        [made_once] = await d.audit("agent.ca")
+        assert made_once["detail"] == {"fingerprint": ca["fingerprint"]}
         made = await d.as_sa("agents.token_create", {"profile": "clerk-pc", "label": "受付"})
         assert made["fingerprint"] == ca["fingerprint"]
         assert f"--token {made['token']}" in made["command"]
