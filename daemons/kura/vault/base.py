@@ -50,10 +50,13 @@ class Caller:
     client: str
     peer_uid: int
     session: Session | None = None
+    service: str = ""  # a daemon calling a service operation: "kura-policy"
 
     @property
     def actor(self) -> str:
-        return self.session.username if self.session else "-"
+        if self.session:
+            return self.session.username
+        return self.service or "-"
 
     @property
     def role(self) -> str:
@@ -160,6 +163,9 @@ class VaultBase:
     async def follow_pair(self) -> None:
         """Record the pair's loss of redundancy and its return (kura.vault.
         hastatus); nothing on a single appliance."""
+
+    async def agent_upkeep(self, now: float) -> None:
+        """Judge the endpoint agents every few seconds (kura.vault.agents)."""
 
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:
