@@ -62,5 +62,5 @@ def test_a_check_is_trusted_for_a_second_and_never_after_revocation() -> None:
 
 def test_server_names_cover_the_addresses_the_floating_address_and_the_host() -> None:
     names = server_names("0.0.0.0", "192.0.2.10", ["192.0.2.21", "fe80::1", "127.0.0.1"])  # noqa: S104
-    assert names == ["192.0.2.21", "127.0.0.1", "192.0.2.10", socket.gethostname()]
+    assert names == ["192.0.2.21", "192.0.2.10", socket.gethostname()]
     assert server_names("127.0.0.1", None) == ["127.0.0.1", socket.gethostname()]

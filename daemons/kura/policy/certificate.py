@@ -70,7 +70,10 @@ def server_names(listen: str, vip: str | None, addresses: Iterable[str] = ()) ->
     if listen not in ("0.0.0.0", "::", ""):  # noqa: S104 (compared, not bound)
         chosen.append(listen)
     else:
-        chosen += [a for a in addresses if not ipaddress.ip_address(a).is_link_local]
+        # The vault puts these in every bundle as the appliance's addresses:
+        # an agent's own loopback or link-local ones would mean nothing there.
+        chosen += [a for a in addresses if not (ipaddress.ip_address(a).is_link_local
+                                                or ipaddress.ip_address(a).is_loopback)]
     if vip:
         chosen.append(vip)
     chosen.append(socket.gethostname())

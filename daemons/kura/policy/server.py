@@ -66,12 +66,20 @@ class Stream:
     ws: web.WebSocketResponse
     sent: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The close the relay started (a revocation); the handler waits for it
+    # before it returns, or the close frame would be cut off (code 1006).
+    closing: asyncio.Task[bool] | None = None
+
+    def close_revoked(self) -> None:
+        if self.closing is None:
+            self.closing = asyncio.get_running_loop().create_task(
+                self.ws.close(code=REVOKED_CLOSE, message=b"revoked"))
 
     async def offer(self, serial: int, envelope: dict[str, Any]) -> None:
         """Send a bundle unless this agent already has it or a newer one (a
         push and the first bundle may race; an agent would refuse the older)."""
         async with self.lock:
-            if serial <= self.sent or self.ws.closed:
+            if serial <= self.sent or self.ws.closed or self.closing is not None:
                 return
             self.sent = serial
             with contextlib.suppress(ConnectionError, RuntimeError):
@@ -107,7 +115,8 @@ class Relay:
         if cached is not None:
             return cached
         try:
-            result = await self.vault.call("agents.check", {"serial": serial})
+            result = await self.vault.call("agents.check", {"serial": serial},
+                                           client=request.remote or "")
         except VaultError as exc:
             if exc.vault_code == "agent_revoked":
                 self.revoke([serial])
@@ -161,9 +170,7 @@ class Relay:
         for serial in self.checks.revoke(serials):
             for stream in list(self.by_serial.get(serial, ())):
                 log.info("agent %s revoked: closing its stream", stream.agent.agent_id)
-                asyncio.get_running_loop().create_task(
-                    stream.ws.close(code=REVOKED_CLOSE, message=b"revoked")
-                )
+                stream.close_revoked()
 
     def connected(self) -> int:
         return sum(len(s) for s in self.by_profile.values())
@@ -226,6 +233,7 @@ async def enrol(request: web.Request) -> web.Response:
         {"token": enrolment.token, "csr_pem": enrolment.csr, "hostname": enrolment.hostname,
          # The address the connection came from, never one the agent claims.
          "address": request.remote or ""},
+        client=request.remote or "",
     )
     return web.json_response(result)
 
@@ -243,6 +251,7 @@ async def _heartbeat(relay: Relay, agent: Agent, address: str,
         result = await relay.vault.call(
             "agents.heartbeat",
             {"serial": agent.serial, "address": address, "report": heartbeat.report},
+            client=address,
         )
     except VaultError as exc:
         if exc.vault_code == "agent_revoked":
@@ -287,8 +296,10 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             await ws.send_json(answer)
     finally:
         relay.detach(current)
-        if relay.checks.is_revoked(agent.serial) and not ws.closed:
-            await ws.close(code=REVOKED_CLOSE, message=b"revoked")
+        if relay.checks.is_revoked(agent.serial):
+            current.close_revoked()
+        if current.closing is not None:
+            await current.closing
     return ws
 
 
