@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyotp
@@ -36,7 +36,6 @@ from kura.devserver import LocalAppliance
 from kura.vault.service import Vault
 from kura.vault.store import Store
 from tests.conftest import new_appliance
-from tests.test_sessions import FakeClock
 
 DA_FIRST = "First-Kura-Pass-42!"
 DA_PASSWORD = "Kura-Second-Pass-2026!"
@@ -45,6 +44,19 @@ SA_SECRET: dict[str, str] = {}
 _USED: dict[str, int] = {}
 CLERK_ADDRESS = "192.0.2.31"
 SERVER_ADDRESS = "192.0.2.40"
+
+
+class FakeClock:
+    """The vault's clock: starts at the real time, moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
 
 
 def csr_pem(key: Any = None) -> str:
@@ -176,6 +188,8 @@ def run(config: Config, scenario: Any) -> None:
 def test_enrol_gives_a_certificate_under_the_pinned_ca(config: Config) -> None:
     async def scenario(d: Desk) -> None:
         ca = await d.vault.call("agents.ca", {}, None, "203.0.113.9", 12345)  # public
+        [made_once] = await d.audit("agent.ca")
+        assert made_once["detail"] == {"fingerprint": ca["fingerprint"]}
         made = await d.as_sa("agents.token_create", {"profile": "clerk-pc", "label": "受付"})
         assert made["fingerprint"] == ca["fingerprint"]
         assert f"--token {made['token']}" in made["command"]

@@ -129,6 +129,8 @@ class AgentOperations(VaultBase):
                                                       self.config.appliance, now)
                     stored = {"root": agentca.pem(root), "intermediate": agentca.pem(inter)}
                     await tx.set_setting("agent_ca", stored)
+                    await tx.append_audit(actor="-", role="", action="agent.ca", client="local",
+                                          detail={"fingerprint": agentca.fingerprint(root)})
         if not stored:
             raise KuraError("the agent CA is not made yet", "エージェント CA がまだありません。")
         root, inter = agentca.load(stored["root"]), agentca.load(stored["intermediate"])
