@@ -40,6 +40,7 @@ class Agent:
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.trust: ssl.SSLContext | None = None
         self.enrolled: dict[str, Any] = {}
+        self.refusal: dict[str, Any] = {}
 
     async def pin(self, session: aiohttp.ClientSession, fingerprint: str) -> str:
         """``GET /ca`` before any trust, accepted only if its SHA-256 is ``fingerprint``."""
@@ -65,9 +66,10 @@ class Agent:
         assert self.trust is not None
         body = {"token": token, "csr": self.csr(), "hostname": "pc-1"}
         async with session.post(f"{self.base}/enrol", json=body, ssl=self.trust) as r:
-            await r.read()
             if r.status == 200:
                 self.enrolled = await r.json()
+            else:
+                self.refusal = await r.json()
             return r
 
     def with_certificate(self) -> ssl.SSLContext:
@@ -104,6 +106,8 @@ async def _flow(appliance: LocalAppliance, sa: Api, folder: Path) -> dict[str, f
         # Enrolment: a bad token and a used one are refused, saying why.
         refused = await agent.enrol(session, "not-a-token")
         assert refused.status == 403
+        assert (agent.refusal["code"], agent.refusal["detail"]["reason"]) == (
+            "enrol_refused", "unknown")
         token = await _sa(appliance, sa, "agents.token_create",
                           {"profile": PROFILE, "label": "pc-1", "minutes": 15})
         enrolled = await agent.enrol(session, token["token"])
@@ -112,6 +116,9 @@ async def _flow(appliance: LocalAppliance, sa: Api, folder: Path) -> dict[str, f
         await again.pin(session, ca["fingerprint"])
         reused = await again.enrol(session, token["token"])
         assert reused.status == 403
+        assert (again.refusal["code"], again.refusal["detail"]["reason"]) == (
+            "enrol_refused", "used")
+        assert again.refusal["message_en"]
         async with session.post(f"{agent.base}/enrol", data=b"{not json",
                                 ssl=agent.trust) as r:
             assert r.status == 400 and "not JSON" in (await r.json())["message_en"]
