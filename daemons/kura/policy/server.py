@@ -203,7 +203,7 @@ class Relay:
             except (KuraError, OSError, ValueError, KeyError, TypeError) as exc:
                 if self.vault_ok:
                     log.warning("the vault's watch failed (%s); agents keep what they have, "
-                                "retrying every %.0f s", getattr(exc, "message_en", exc),
+                                "retrying every %g s", getattr(exc, "message_en", exc),
                                 self.retry_seconds)
                     self.vault_ok = False
                 after = 0
