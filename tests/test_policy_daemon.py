@@ -122,6 +122,9 @@ async def _flow(appliance: LocalAppliance, sa: Api, folder: Path) -> dict[str, f
         async with session.post(f"{agent.base}/enrol", data=b"{not json",
                                 ssl=agent.trust) as r:
             assert r.status == 400 and "not JSON" in (await r.json())["message_en"]
+        async with session.post(f"{agent.base}/enrol", data=b"x" * (1 << 20),
+                                ssl=agent.trust) as r:
+            assert (r.status, (await r.json())["code"]) == (413, "payload_too_large")
 
         # No client certificate: the agents' routes are refused.
         async with session.get(f"{agent.base}/bundle", ssl=agent.trust) as r:
@@ -136,6 +139,12 @@ async def _flow(appliance: LocalAppliance, sa: Api, folder: Path) -> dict[str, f
             assert r.status == 200
             pulled = bundles.verify(await r.json(), bundles.public_key_from_text(key_text))
         assert pulled.profile == PROFILE
+        # The pull's heartbeat, without the stream.
+        async with session.post(f"{agent.base}/heartbeat", ssl=mine,
+                                json={"report": {"policy_serial": pulled.serial}}) as r:
+            assert (r.status, await r.json()) == (200, {"type": "ack", "serial": pulled.serial})
+        async with session.post(f"{agent.base}/heartbeat", ssl=mine, json={"report": 7}) as r:
+            assert (r.status, (await r.json())["detail"]) == (400, {"field": "report"})
 
         ws = await session.ws_connect(f"{agent.base}/stream", ssl=mine)
         first = verified(await ws.receive_json(timeout=5), key_text)
