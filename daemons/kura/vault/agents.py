@@ -650,13 +650,13 @@ class AgentOperations(VaultBase):
         was_silent, silent = rules.SILENT in before, rules.SILENT in after
         was_bad, bad = bool(before - {rules.SILENT}), after - {rules.SILENT}
         if silent and not was_silent:
-            await note("agent.silent", "denied", {"last_seen": agent["last_seen"].isoformat()})
+            await note("agent.silent", "error", {"last_seen": agent["last_seen"].isoformat()})
             await tx.raise_alert(SILENT_ALERT, agent_id, now,
                                  {"profile": agent["profile"], "problems": problems})
         elif was_silent and not silent:
             await tx.clear_alerts(agent_id, now, [SILENT_ALERT])
         if bad and bad != before - {rules.SILENT}:
-            await note("agent.noncompliant", "denied", {"problems": sorted(bad)})
+            await note("agent.noncompliant", "error", {"problems": sorted(bad)})
             await tx.clear_alerts(agent_id, now, [NONCOMPLIANT_ALERT])
             await tx.raise_alert(NONCOMPLIANT_ALERT, agent_id, now,
                                  {"profile": agent["profile"], "problems": problems})
