@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -102,6 +103,12 @@ async def _flow(appliance: LocalAppliance, sa: Api, folder: Path) -> dict[str, f
     agent = Agent(appliance, folder)
     async with aiohttp.ClientSession() as session:
         await agent.pin(session, ca["fingerprint"])
+        # TLS 1.3 where the agent speaks it, with a certificate for the address
+        # the agent was given (the pinned CA verifies it, host name included).
+        assert agent.trust is not None
+        with (socket.create_connection(("127.0.0.1", appliance.policy_port), timeout=5) as raw,
+              agent.trust.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+            assert tls.version() == "TLSv1.3"
 
         # Enrolment: a bad token and a used one are refused, saying why.
         refused = await agent.enrol(session, "not-a-token")
