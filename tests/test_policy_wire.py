@@ -11,7 +11,7 @@ import pytest
 
 from kura.policy import wire
 from kura.policy.certificate import server_names
-from kura.policy.identity import Agent, CheckCache
+from kura.policy.identity import Agent, CheckCache, HeartbeatPace
 
 
 def test_enrolment_body_is_checked_field_by_field() -> None:
@@ -64,3 +64,11 @@ def test_server_names_cover_the_addresses_the_floating_address_and_the_host() ->
     names = server_names("0.0.0.0", "192.0.2.10", ["192.0.2.21", "fe80::1", "127.0.0.1"])  # noqa: S104
     assert names == ["192.0.2.21", "192.0.2.10", socket.gethostname()]
     assert server_names("127.0.0.1", None) == ["127.0.0.1", socket.gethostname()]
+
+
+def test_one_heartbeat_a_second_per_agent_is_passed_on() -> None:
+    pace = HeartbeatPace(gap=1.0)
+    assert pace.allow("1f", now=10.0)
+    assert not pace.allow("1f", now=10.5)  # a looping agent: refused, not written
+    assert pace.allow("2a", now=10.5)  # another agent is not held back
+    assert pace.allow("1f", now=11.0)

@@ -57,3 +57,23 @@ class CheckCache:
 
     def is_revoked(self, serial: str) -> bool:
         return serial in self.revoked
+
+
+class HeartbeatPace:
+    """At most one heartbeat a ``gap`` seconds from each certificate: every one
+    is a write in the vault, and a looping or hostile agent must not turn
+    kura-policy into a way to flood the database. Agents send one every
+    ``heartbeat_seconds`` (30), so an honest one never meets the limit."""
+
+    def __init__(self, gap: float) -> None:
+        self.gap = gap
+        self._last: dict[str, float] = {}
+
+    def allow(self, serial: str, now: float) -> bool:
+        last = self._last.get(serial)
+        if last is not None and now - last < self.gap:
+            return False
+        self._last[serial] = now
+        if len(self._last) > 100_000:  # forget the long gone
+            self._last = {s: t for s, t in self._last.items() if now - t < self.gap}
+        return True

@@ -28,7 +28,7 @@ from kura.console.vaultclient import VaultClient, VaultError
 from kura.core.errors import KuraError, NotFound, PayloadTooLarge, PermissionDenied
 from kura.policy import wire
 from kura.policy.certificate import peer_serial
-from kura.policy.identity import Agent, CheckCache
+from kura.policy.identity import Agent, CheckCache, HeartbeatPace
 
 log = logging.getLogger("kura.policy")
 
@@ -36,6 +36,8 @@ PREFIX = "/kura-agent/v1"
 REVOKED_CLOSE = 4003
 # An agent's stream: aiohttp pings it, so a vanished endpoint is noticed.
 PING_SECONDS = 30.0
+# The shortest gap between two heartbeats of one agent (they come every 30 s).
+HEARTBEAT_GAP = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,6 +49,15 @@ class CertificateRequired(PermissionDenied):
     status = 403
     ja = "登録済みエージェントのクライアント証明書が必要です。"
     en = "An enrolled agent's client certificate is required."
+
+
+class TooManyHeartbeats(KuraError):
+    """An agent sent heartbeats faster than kura-policy passes them on."""
+
+    code = "too_many_heartbeats"
+    status = 429
+    ja = "ハートビートの間隔が短すぎます。"
+    en = "Heartbeats come too often; at most one a second is passed on."
 
 
 class AgentRevoked(PermissionDenied):
@@ -97,6 +108,7 @@ class Relay:
         self.retry_seconds = retry_seconds
         self.clock = clock
         self.checks = CheckCache(check_seconds)
+        self.pace = HeartbeatPace(HEARTBEAT_GAP)
         self.by_profile: dict[str, set[Stream]] = {}
         self.by_serial: dict[str, set[Stream]] = {}
         self.bundles: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -251,6 +263,8 @@ async def bundle(request: web.Request) -> web.Response:
 
 async def _heartbeat(relay: Relay, agent: Agent, address: str,
                      heartbeat: wire.Heartbeat) -> dict[str, Any]:
+    if not relay.pace.allow(agent.serial, relay.clock()):
+        raise TooManyHeartbeats()
     try:
         result = await relay.vault.call(
             "agents.heartbeat",
