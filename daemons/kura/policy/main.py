@@ -1,6 +1,7 @@
 """kura-policy: the daemon's entry point.
 
-Start-up: wait (logging once) until the vault answers unsealed and writable;
+Start-up: tell systemd it runs, then wait (logging once) until the vault
+answers unsealed and writable;
 make an ECDSA P-256 key in memory; have the vault sign a server certificate
 for the host's names; build the TLS context with the agent CA as the only
 trust anchor; serve. Nothing is written to disk.
@@ -30,7 +31,12 @@ log = logging.getLogger("kura.policy")
 
 async def wait_for_vault(vault: VaultClient, retry_seconds: float, notifier: Notifier) -> None:
     """Until the vault is unsealed and not a standby; one log line, not one a try.
-    The watchdog is fed meanwhile: waiting for custodians is not a hang."""
+    The watchdog is fed meanwhile: waiting for custodians is not a hang.
+
+    systemd was told READY before this: with custodian shares the vault is
+    sealed at every boot, and a unit that is still starting would hold
+    multi-user.target (and ``systemctl start``) until someone unseals.
+    STATUS= says what it waits for and, later, that it serves."""
     said = ""
     while True:
         try:
@@ -74,8 +80,10 @@ async def certify(config: Config, vault: VaultClient) -> tuple[Any, dict[str, An
 async def serve(config_path: str | None) -> None:
     config = config_module.load(config_path)
     vault = VaultClient(config.vault.socket, 2)
+    notifier = Notifier()
+    notifier.send("READY=1\nSTATUS=asking the vault")
     try:
-        await wait_for_vault(vault, config.policy.retry_seconds, Notifier())
+        await wait_for_vault(vault, config.policy.retry_seconds, notifier)
         context, ca = await certify(config, vault)
     except VaultError as exc:
         raise KuraError(f"the vault refused kura-policy's start ({exc.vault_code}: "
