@@ -24,7 +24,7 @@ from kura.console.vaultclient import VaultClient, VaultError
 from kura.core.errors import KuraError
 from kura.daemon import Notifier, run_main, run_until_stopped
 from kura.policy import certificate
-from kura.policy.server import init_app
+from kura.policy.server import RELAY, Relay, init_app
 
 log = logging.getLogger("kura.policy")
 
@@ -77,6 +77,14 @@ async def certify(config: Config, vault: VaultClient) -> tuple[Any, dict[str, An
     return context, ca
 
 
+async def report_status(relay: Relay, listening: str, notifier: Notifier) -> None:
+    """``systemctl status kura-policy`` shows how many agents are connected."""
+    while True:
+        await asyncio.sleep(15)
+        vault = "" if relay.vault_ok else "; the vault is away, agents keep their bundles"
+        notifier.send(f"STATUS={listening}; {relay.connected()} agent(s) on the stream{vault}")
+
+
 async def serve(config_path: str | None) -> None:
     config = config_module.load(config_path)
     vault = VaultClient(config.vault.socket, 2)
@@ -96,10 +104,11 @@ async def serve(config_path: str | None) -> None:
     site = web.TCPSite(runner, config.policy.listen, config.policy.port, ssl_context=context,
                        backlog=512)
     await site.start()
+    listening = f"agents on {config.policy.listen}:{config.policy.port}"
     try:
         await run_until_stopped(
-            f"agents on {config.policy.listen}:{config.policy.port}; "
-            f"CA SHA-256 {ca.get('fingerprint', '')}"
+            f"{listening}; CA SHA-256 {ca.get('fingerprint', '')}",
+            report_status(app[RELAY], listening, notifier),
         )
     finally:
         await runner.cleanup()
