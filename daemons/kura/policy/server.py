@@ -78,7 +78,7 @@ class Stream:
     sent: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The close the relay started (a revocation); the handler waits for it
-    # before it returns, or the close frame would be cut off (code 1006).
+    # before it returns, so the 4003 frame is written before the connection ends.
     closing: asyncio.Task[bool] | None = None
 
     def close_revoked(self) -> None:
@@ -301,17 +301,22 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         except KuraError as exc:  # the vault is away: the watch sends it later
             await ws.send_json(wire.error_message(exc.message_en))
         async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                break
             if message.type != WSMsgType.TEXT:
-                await ws.send_json(wire.error_message("only text (JSON) messages are defined"))
-                continue
+                answer = wire.error_message("only text (JSON) messages are defined")
+            else:
+                try:
+                    parsed = wire.stream_message(message.data)
+                    answer = await _heartbeat(relay, agent, request.remote or "", parsed)
+                except KuraError as exc:
+                    answer = wire.error_message(exc.message_en)
+            if ws.closed or current.closing is not None or relay.checks.is_revoked(agent.serial):
+                break
             try:
-                parsed = wire.stream_message(message.data)
-                answer = await _heartbeat(relay, agent, request.remote or "", parsed)
-            except KuraError as exc:
-                if relay.checks.is_revoked(agent.serial):
-                    break
-                answer = wire.error_message(exc.message_en)
-            await ws.send_json(answer)
+                await ws.send_json(answer)
+            except ConnectionError:
+                break
     finally:
         relay.detach(current)
         if relay.checks.is_revoked(agent.serial):
