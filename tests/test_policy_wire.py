@@ -66,9 +66,11 @@ def test_server_names_cover_the_addresses_the_floating_address_and_the_host() ->
     assert server_names("127.0.0.1", None) == ["127.0.0.1", socket.gethostname()]
 
 
-def test_one_heartbeat_a_second_per_agent_is_passed_on() -> None:
-    pace = HeartbeatPace(gap=1.0)
-    assert pace.allow("1f", now=10.0)
+def test_one_heartbeat_a_second_per_agent_is_passed_on_with_a_small_burst() -> None:
+    pace = HeartbeatPace(gap=1.0, burst=3)
+    assert [pace.allow("1f", now=10.0) for _ in range(4)] == [True, True, True, False]
+    assert pace.allow("2a", now=10.0)  # another agent is not held back
     assert not pace.allow("1f", now=10.5)  # a looping agent: refused, not written
-    assert pace.allow("2a", now=10.5)  # another agent is not held back
-    assert pace.allow("1f", now=11.0)
+    assert pace.allow("1f", now=11.1)  # a second later, one more
+    assert not pace.allow("1f", now=11.2)
+    assert [pace.allow("1f", now=100.0) for _ in range(4)] == [True, True, True, False]

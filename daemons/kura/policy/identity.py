@@ -60,20 +60,26 @@ class CheckCache:
 
 
 class HeartbeatPace:
-    """At most one heartbeat a ``gap`` seconds from each certificate: every one
-    is a write in the vault, and a looping or hostile agent must not turn
-    kura-policy into a way to flood the database. Agents send one every
-    ``heartbeat_seconds`` (30), so an honest one never meets the limit."""
+    """Heartbeats of one certificate passed on at one a ``gap`` seconds on
+    average, with a burst of ``burst`` (a pull's heartbeat followed at once by
+    the stream's, a reconnection): every one is a write in the vault, and a
+    looping or hostile agent must not turn kura-policy into a way to flood
+    the database. Agents send one every ``heartbeat_seconds`` (30), so an
+    honest one never meets the limit (a refused report would be lost)."""
 
-    def __init__(self, gap: float) -> None:
+    def __init__(self, gap: float, burst: int = 5) -> None:
         self.gap = gap
-        self._last: dict[str, float] = {}
+        self.burst = burst
+        self._credit: dict[str, tuple[float, float]] = {}  # serial -> (credit, when)
 
     def allow(self, serial: str, now: float) -> bool:
-        last = self._last.get(serial)
-        if last is not None and now - last < self.gap:
+        credit, when = self._credit.get(serial, (float(self.burst), now))
+        credit = min(float(self.burst), credit + (now - when) / self.gap)
+        if credit < 1:
+            self._credit[serial] = (credit, now)
             return False
-        self._last[serial] = now
-        if len(self._last) > 100_000:  # forget the long gone
-            self._last = {s: t for s, t in self._last.items() if now - t < self.gap}
+        self._credit[serial] = (credit - 1, now)
+        if len(self._credit) > 100_000:  # forget the long gone
+            horizon = self.gap * self.burst
+            self._credit = {k: v for k, v in self._credit.items() if now - v[1] < horizon}
         return True

@@ -36,7 +36,8 @@ PREFIX = "/kura-agent/v1"
 REVOKED_CLOSE = 4003
 # An agent's stream: aiohttp pings it, so a vanished endpoint is noticed.
 PING_SECONDS = 30.0
-# The shortest gap between two heartbeats of one agent (they come every 30 s).
+# Heartbeats of one agent passed on: one a second on average, a burst of five
+# (they come every 30 s).
 HEARTBEAT_GAP = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,7 +58,7 @@ class TooManyHeartbeats(KuraError):
     code = "too_many_heartbeats"
     status = 429
     ja = "ハートビートの間隔が短すぎます。"
-    en = "Heartbeats come too often; at most one a second is passed on."
+    en = "Heartbeats come too often; about one a second is passed on."
 
 
 class AgentRevoked(PermissionDenied):
