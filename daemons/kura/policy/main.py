@@ -1,10 +1,9 @@
 """kura-policy: the daemon's entry point.
 
 Start-up: tell systemd it runs, then wait (logging once) until the vault
-answers unsealed and writable;
-make an ECDSA P-256 key in memory; have the vault sign a server certificate
-for the host's names; build the TLS context with the agent CA as the only
-trust anchor; serve. Nothing is written to disk.
+answers unsealed and writable; make an ECDSA P-256 key in memory; have the
+vault sign a server certificate for the host's names; build the TLS context
+with the agent CA as the only trust anchor; serve. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from typing import Any
 
@@ -57,7 +57,7 @@ async def wait_for_vault(vault: VaultClient, retry_seconds: float, notifier: Not
         await asyncio.sleep(retry_seconds)
 
 
-async def certify(config: Config, vault: VaultClient) -> tuple[Any, dict[str, Any]]:
+async def certify(config: Config, vault: VaultClient) -> tuple[ssl.SSLContext, dict[str, Any]]:
     """The TLS context and the vault's agents.ca answer."""
     ca = await vault.call("agents.ca", {})
     try:
