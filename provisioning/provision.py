@@ -38,6 +38,7 @@ PURELIB = "usr/lib/python3/dist-packages"
 ENABLE = [
     "kura-vault.service",
     "kura-console.service",
+    "kura-policy.service",
     "kura-firstboot-auto.service",
     "kura-boot-report.service",
     "kura-tty@tty1.service",

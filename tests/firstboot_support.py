@@ -22,6 +22,7 @@ PASSWD = """root:x:0:0:root:/root:/bin/sh
 postgres:x:105:110:PostgreSQL:/var/lib/postgresql:/bin/sh
 kura-vault:x:990:990:Kura vault:/nonexistent:/usr/sbin/nologin
 kura-console:x:991:990:Kura console:/nonexistent:/usr/sbin/nologin
+kura-policy:x:992:990:Kura policy:/nonexistent:/usr/sbin/nologin
 """
 GROUP = """root:x:0:
 postgres:x:110:

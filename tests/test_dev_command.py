@@ -7,11 +7,16 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from kura import tls
 from kura.devserver import free_port
@@ -51,6 +56,17 @@ def test_dev_prints_how_to_sign_in_stops_cleanly_and_reuses_data() -> None:
         fingerprint = tls.fingerprint(state / "tls" / "cert.pem")
         assert fingerprint in out
         assert "Kura-First-Pass-2026!" in out
+        # kura-policy for endpoint agents: its URL answers, with the CA whose
+        # fingerprint is printed for `kura-agent enroll --fingerprint`.
+        policy_url = re.search(r"agents: +(https://127\.0\.0\.1:\d+) ", out)
+        ca_fingerprint = re.search(r"agent CA: +SHA-256 ([0-9a-f]{64}) ", out)
+        assert policy_url and ca_fingerprint, out
+        blind = ssl.create_default_context()
+        blind.check_hostname, blind.verify_mode = False, ssl.CERT_NONE
+        ca_url = f"{policy_url[1]}/kura-agent/v1/ca"  # https, from the output above
+        with urllib.request.urlopen(ca_url, context=blind) as r:  # noqa: S310
+            ca = x509.load_pem_x509_certificate(r.read())
+        assert ca.fingerprint(hashes.SHA256()).hex() == ca_fingerprint[1]
         api = Api(f"https://127.0.0.1:{port}", state / "tls" / "cert.pem")
         signed_in = api.sign_in("admin", "Kura-First-Pass-2026!")
         assert signed_in.role == "DA"

@@ -213,7 +213,9 @@ def test_interactive_setup_resume_and_factory_reset(
     cfg = config.parse(__import__("tomllib").loads(
         (system.root / "etc/kura/kura.toml").read_text()))
     assert cfg.appliance == "kura01"
-    assert cfg.vault.allowed_uids == {0, 991} and cfg.console.port == 443
+    assert cfg.vault.allowed_uids == {0, 991, 992} and cfg.console.port == 443
+    assert "policy_uids = [992]" in (system.root / "etc/kura/kura.toml").read_text()
+    assert (cfg.policy.listen, cfg.policy.port) == ("0.0.0.0", 8445)  # noqa: S104
     assert cfg.database.dsn == "host=/run/postgresql dbname=kura user=kura_vault"
     assert (system.root / "etc/kura/kura.toml").stat().st_mode & 0o777 == 0o640
     assert (system.root / "etc/kura/tls/key.pem").stat().st_mode & 0o777 == 0o600
@@ -225,6 +227,7 @@ def test_interactive_setup_resume_and_factory_reset(
             "--data-checksums") in commands
     assert "systemctl restart postgresql@17-main.service" in commands
     assert "systemctl start kura-console.service" in commands
+    assert "systemctl start kura-policy.service" in commands
     # kura.toml was new: the vault is (re)started to read it, before the console.
     assert commands.index("systemctl start kura-console.service") > commands.index(
         "systemctl restart kura-vault.service")

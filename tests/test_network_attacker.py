@@ -60,12 +60,14 @@ def test_old_tls_versions_are_refused(appliance: LocalAppliance, version: ssl.TL
         ):
             assert tls.version() == {"TLSv1": "TLSv1", "TLSv1_1": "TLSv1.1"}[version.name]
         thread.join(10)
-    with (
-        socket.create_connection(("127.0.0.1", appliance.port), timeout=10) as raw,
-        pytest.raises((ssl.SSLError, ConnectionResetError)),
-        _old_client(version).wrap_socket(raw),
-    ):
-        pass
+    # The console, and kura-policy (the agents' port).
+    for port in (appliance.port, appliance.policy_port):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, ConnectionResetError)),
+            _old_client(version).wrap_socket(raw),
+        ):
+            pass
 
 
 def test_tls_1_2_and_newer_are_accepted_with_the_appliances_certificate(

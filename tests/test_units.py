@@ -20,8 +20,8 @@ import pytest
 
 TOP = Path(__file__).parent.parent
 UNIT_DIR = TOP / "systemd"
-UNITS = ("kura-vault.service", "kura-console.service", "kura-hasync.service",
-         "kura-keeper.service", "kura-witness.service")
+UNITS = ("kura-vault.service", "kura-console.service", "kura-policy.service",
+         "kura-hasync.service", "kura-keeper.service", "kura-witness.service")
 SEAL_DROPIN = UNIT_DIR / "seal-creds" / "kura-vault.service.d" / "50-seal-creds.conf"
 MAX_EXPOSURE = 2.0
 # The HA follower needs the host network and two network capabilities (issue 11: <= 3.0).
@@ -79,7 +79,7 @@ def fake_root(base: Path, *, with_seal_dropin: bool) -> Path:
         shutil.copy(SEAL_DROPIN, dropins / SEAL_DROPIN.name)
     bin_dir = root / "usr/bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for program in ("kura-vault", "kura-console", "kura-hasync", "pg_autoctl"):
+    for program in ("kura-vault", "kura-console", "kura-policy", "kura-hasync", "pg_autoctl"):
         stub = bin_dir / program
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
@@ -138,6 +138,17 @@ def test_console_may_reach_the_vault_socket() -> None:
     assert "RuntimeDirectory" not in console  # it would remove /run/kura when it stops
 
 
+def test_policy_daemon_reaches_the_vault_without_writing() -> None:
+    """kura-policy talks to the vault's socket with the same group, as its own
+    user (the vault answers its service operations by that uid), holds no
+    capability and writes nothing (its TLS key lives in memory)."""
+    vault, policy = settings("kura-vault.service"), settings("kura-policy.service")
+    assert policy["Group"] == vault["Group"] and policy["User"] == ["kura-policy"]
+    assert policy["CapabilityBoundingSet"] == [""]
+    assert policy["ProtectSystem"] == ["strict"]
+    assert not {"RuntimeDirectory", "StateDirectory", "ReadWritePaths"} & policy.keys()
+
+
 def test_root_key_credential_only_in_the_optional_dropin() -> None:
     """A missing LoadCredentialEncrypted= file fails the unit, so the base unit
     (shamir and host seals) must not name root.cred; the creds drop-in does."""
@@ -154,7 +165,7 @@ if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import aiohttp.web, jinja2, psycopg, psycopg_pool, sdnotify, shamir_mnemonic
-import kura.console.main, kura.vault.main, kura.hasync.main, pyroute2
+import kura.console.main, kura.vault.main, kura.hasync.main, kura.policy.main, pyroute2
 from kura.core.accounts import hash_password, verify_password
 aead = AESGCM(AESGCM.generate_key(256)); nonce = os.urandom(12)
 assert aead.decrypt(nonce, aead.encrypt(nonce, b"x", b"ad"), b"ad") == b"x"

@@ -17,6 +17,9 @@ into frozen objects. Nothing deeper in the code reads the environment.
     cert = "/etc/kura/tls/cert.pem"
     key = "/etc/kura/tls/key.pem"
     webui = "/usr/share/kura/webui"   # optional: the console's templates and catalogs
+    [policy]                   # kura-policy, the endpoint agents' daemon (docs/agents.md)
+    listen = "0.0.0.0"
+    port = 8445
     [ha]                       # optional: absent on a single appliance (see HaConfig)
     node = "node_a"
     vip = "192.0.2.10/24"
@@ -102,6 +105,21 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """kura-policy's settings, the ``[policy]`` section (docs/agents.md)."""
+
+    listen: str = "0.0.0.0"  # noqa: S104 (the agents are on the LAN)
+    port: int = 8445
+    vault_connections: int = 16
+    max_body_bytes: int = 256 << 10  # an enrolment or a heartbeat; bundles go the other way
+    # How long an agent's certificate check is trusted before the vault is
+    # asked again (the watch drops a revoked one at once).
+    check_seconds: float = 1.0
+    # Seconds between the vault's answers while it is sealed or away.
+    retry_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class HaConfig:
     """kura-hasync's settings, the ``[ha]`` section. ``monitor``, ``node`` and
     ``formation`` may instead be read from the keeper's own pg_autoctl.cfg
@@ -133,6 +151,7 @@ class Config:
     database: DatabaseConfig
     vault: VaultConfig
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     ha: HaConfig | None = None
     path: Path | None = None
 
@@ -152,6 +171,7 @@ def parse(
         db = _section(raw, "database")
         vault = _section(raw, "vault")
         console = _section(raw, "console")
+        policy = _section(raw, "policy")
         creds = env.get("CREDENTIALS_DIRECTORY")
         return Config(
             appliance=str(raw.get("appliance", "kura")),
@@ -187,6 +207,7 @@ def parse(
                 max_upload_bytes=int(console.get("max_upload_bytes", 10 << 20)),
                 webui=Path(console["webui"]) if "webui" in console else None,
             ),
+            policy=parse_policy(policy),
             ha=parse_ha(_section(raw, "ha"), env) if "ha" in raw else None,
             path=path,
         )
@@ -194,6 +215,25 @@ def parse(
         raise ConfigError(f"missing setting {exc}", f"設定 {exc} がありません。") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad setting: {exc}", f"設定の値が正しくありません: {exc}") from exc
+
+
+def parse_policy(policy: dict[str, Any]) -> PolicyConfig:
+    default = PolicyConfig()
+    parsed = PolicyConfig(
+        listen=str(policy.get("listen", default.listen)),
+        port=int(policy.get("port", default.port)),
+        vault_connections=int(policy.get("vault_connections", default.vault_connections)),
+        max_body_bytes=int(policy.get("max_body_bytes", default.max_body_bytes)),
+        check_seconds=float(policy.get("check_seconds", default.check_seconds)),
+        retry_seconds=float(policy.get("retry_seconds", default.retry_seconds)),
+    )
+    if not 0 < parsed.port < 65536 or parsed.vault_connections < 1:
+        raise ConfigError("[policy] port or vault_connections out of range",
+                          "[policy] の port または vault_connections が範囲外です。")
+    if not 0 <= parsed.check_seconds <= 1 or parsed.retry_seconds <= 0:
+        raise ConfigError("[policy] check_seconds must be 0 to 1, retry_seconds positive",
+                          "[policy] check_seconds は 0〜1、retry_seconds は正の数にしてください。")
+    return parsed
 
 
 def _pg_autoctl_settings(path: Path) -> dict[str, str]:

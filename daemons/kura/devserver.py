@@ -1,5 +1,5 @@
 """A whole Kura appliance on this machine, without the image: a private
-PostgreSQL cluster, kura-vault and kura-console as child processes, all state
+PostgreSQL cluster, kura-vault, kura-console and kura-policy as child processes, all state
 under one folder. ``kura dev`` (./build.sh dev) runs it in the foreground;
 the tests and benchmarks start the same thing in a temporary folder."""
 
@@ -60,9 +60,12 @@ class LocalAppliance:
     shares: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     extra_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policy_port: int = 0  # kura-policy's; 0: a free one
 
     def __post_init__(self) -> None:
         self.state = self.state.resolve()
+        if not self.policy_port:
+            self.policy_port = free_port()
         pg_base = self.state / "db"
         self.state.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o755)  # noqa: S103 (postgres must traverse it)
@@ -101,6 +104,10 @@ class LocalAppliance:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def policy_url(self) -> str:
+        return f"https://127.0.0.1:{self.policy_port}"
+
     # --- set-up --------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -137,6 +144,7 @@ class LocalAppliance:
                 "keys_dir": str(self.keys_dir),
                 "allowed_uids": [os.geteuid()],
                 "admin_uids": [os.geteuid()],
+                "policy_uids": [os.geteuid()],
             },
             "console": {
                 "listen": "127.0.0.1",
@@ -144,6 +152,7 @@ class LocalAppliance:
                 "cert": str(self.cert),
                 "key": str(self.state / "tls" / "key.pem"),
             },
+            "policy": {"listen": "127.0.0.1", "port": self.policy_port, "retry_seconds": 0.5},
         }
         for name, values in self.extra_config.items():
             sections.setdefault(name, {}).update(values)
@@ -158,7 +167,8 @@ class LocalAppliance:
     # --- the daemons -----------------------------------------------------------
 
     def start_daemon(self, name: str) -> subprocess.Popen[bytes]:
-        module = {"vault": "kura.vault.main", "console": "kura.console.main"}[name]
+        module = {"vault": "kura.vault.main", "console": "kura.console.main",
+                  "policy": "kura.policy.main"}[name]
         if name == "vault":
             # A killed vault leaves its socket behind; readiness below is the new one.
             self.socket.unlink(missing_ok=True)
@@ -173,8 +183,14 @@ class LocalAppliance:
         self.procs[name] = proc
         if name == "vault":
             self._wait(lambda: self.socket.exists(), proc, "kura-vault")
-        else:
+        elif name == "console":
             self._wait(lambda: _port_open(self.port), proc, "kura-console")
+        else:
+            # Sealed (or a standby), it waits for the shares (or the promotion)
+            # and serves then.
+            status = self.vault_call_sync("status")
+            if not status["sealed"] and status.get("role") != "standby":
+                self._wait(lambda: _port_open(self.policy_port), proc, "kura-policy")
         return proc
 
     def _wait(self, ready: Any, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -207,9 +223,10 @@ class LocalAppliance:
         self.prepare()
         self.start_daemon("vault")
         self.start_daemon("console")
+        self.start_daemon("policy")
 
     def stop(self) -> None:
-        for name in ("console", "vault"):
+        for name in ("policy", "console", "vault"):
             self.stop_daemon(name)
         self.cluster.stop()
 
@@ -258,7 +275,9 @@ def _port_open(port: int) -> bool:
 
 def main(state: Path, port: int, seal: str, da_password: str | None) -> int:
     """``kura dev``: run until Ctrl-C."""
-    appliance = LocalAppliance(state, port=port, seal=seal)
+    # kura-policy on its documented port when that is free here.
+    policy_port = 8445 if not _port_open(8445) else free_port()
+    appliance = LocalAppliance(state, port=port, seal=seal, policy_port=policy_port)
     print(f"Kura (development) — state in {appliance.state}", flush=True)
     try:
         appliance.start()
@@ -270,6 +289,10 @@ def main(state: Path, port: int, seal: str, da_password: str | None) -> int:
         print(f"  web console:  {appliance.url}/")
         print(f"  API document: {appliance.url}/api/v1/openapi.json")
         print(f"  certificate:  SHA-256 {tls.fingerprint(appliance.cert)}")
+        print(f"  agents:       {appliance.policy_url} (kura-policy)")
+        if not status["sealed"]:
+            ca = asyncio.run(appliance.vault_call("agents.ca"))
+            print(f"  agent CA:     SHA-256 {ca['fingerprint']} (kura-agent enroll --fingerprint)")
         if appliance.shares:
             print("  custodian shares (shown once; write them down):")
             for i, share in enumerate(appliance.shares, 1):

@@ -22,23 +22,33 @@ SEAL_DROPIN_SOURCE = "/usr/share/kura/seal-creds/50-seal-creds.conf"
 SEAL_DROPIN = "/etc/systemd/system/kura-vault.service.d/50-seal-creds.conf"
 VAULT_UNIT = "kura-vault.service"
 CONSOLE_UNIT = "kura-console.service"
+POLICY_UNIT = "kura-policy.service"
+POLICY_PORT = 8445
 
 
-def render_config(appliance: str, console_uid: int) -> str:
-    """/etc/kura/kura.toml for kura.config (peer authentication: no password)."""
+def render_config(appliance: str, console_uid: int, policy_uid: int | None = None) -> str:
+    """/etc/kura/kura.toml for kura.config (peer authentication: no password).
+    kura-policy's uid may connect and is the only one the vault's agent service
+    operations answer (``policy_uids``); an image without that user has none."""
+    policy_uids = [] if policy_uid is None else [policy_uid]
     values: dict[str, dict[str, Any]] = {
         "database": {"dsn": database.VAULT_DSN},
         "vault": {
             "socket": VAULT_SOCKET,
             "keys_dir": KEYS_DIR,
-            "allowed_uids": [0, console_uid],
+            "allowed_uids": [0, console_uid, *policy_uids],
             "admin_uids": [0],
+            "policy_uids": policy_uids,
         },
         "console": {
             "listen": "0.0.0.0",  # noqa: S104 (the console serves the LAN)
             "port": 443,
             "cert": certificate.CERT,
             "key": certificate.KEY,
+        },
+        "policy": {
+            "listen": "0.0.0.0",  # noqa: S104 (the agents are on the LAN)
+            "port": POLICY_PORT,
         },
     }
     lines = ["# Written by kura-firstboot.", f"appliance = {json.dumps(appliance)}"]
@@ -51,10 +61,14 @@ def render_config(appliance: str, console_uid: int) -> str:
 def write_config(system: System, appliance: str, extra: str = "") -> bool:
     """``extra``: a data node's ``[ha]`` section (kura_firstboot.ha.render_ha_section)."""
     console_uid, _ = system.user("kura-console")
+    try:
+        policy_uid: int | None = system.user("kura-policy")[0]
+    except KeyError:
+        policy_uid = None
     kura_gid = system.group("kura")
     system.make_dir("/etc/kura", 0o750, (0, kura_gid))
     return system.write_file(
-        CONFIG, render_config(appliance, console_uid) + extra, 0o640, (0, kura_gid)
+        CONFIG, render_config(appliance, console_uid, policy_uid) + extra, 0o640, (0, kura_gid)
     )
 
 
@@ -178,4 +192,7 @@ def write_stamp(system: System) -> None:
 
 
 def start_console(system: System) -> None:
+    """The console, and kura-policy for the agents (both skipped at this boot
+    until the stamp existed)."""
     system.systemctl("start", CONSOLE_UNIT)
+    system.systemctl("start", POLICY_UNIT)

@@ -147,7 +147,7 @@ def factory_reset(system: System, term: Terminal) -> bool:
 
 def wipe(system: System) -> None:
     """Everything the first boot made that holds keys, data or settings."""
-    for unit in (appliance.CONSOLE_UNIT, appliance.VAULT_UNIT):
+    for unit in (appliance.POLICY_UNIT, appliance.CONSOLE_UNIT, appliance.VAULT_UNIT):
         system.systemctl("stop", unit)
     database.remove_cluster(system)
     appliance.wipe_keys(system)

@@ -126,5 +126,10 @@ _SAFE_TO_RETRY = frozenset(
         "policy.get",
         "user.list",
         "audit.list",
+        # kura-policy's reads (kura.policy.server)
+        "agents.ca",
+        "agents.check",
+        "agents.bundle",
+        "agents.watch",
     }
 )
