@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultClient, VaultError
 from kura.core import api as schemas
 from kura.core import jsonbounds
@@ -596,7 +597,11 @@ def make_handler(route: Route) -> Callable[[web.Request], Any]:
                 raise BadRequest(f"{name} must be {value}", f"{name} は {value} です。")
         client = request.remote or ""
         result = await request.app[VAULT].call(
-            route.op, args, None if route.public and route.op != "unseal" else token, client
+            route.op,
+            args,
+            None if route.public and route.op != "unseal" else token,
+            client,
+            terminal_serial(request),
         )
         if route.respond == "export":
             charset = "Shift_JIS" if result["encoding"] == "shift_jis" else "UTF-8"

@@ -307,7 +307,9 @@ POLICY_SCHEMA: dict[str, Any] = {
             "type": "boolean",
             "default": False,
             "title": "MU and MA only from enrolled, compliant clerk PCs",
-            "description": "マイナンバー利用者・管理者は登録済みで準拠している事務端末からのみ利用可",
+            "description": (
+                "マイナンバー利用者・管理者は登録済みで準拠している事務端末からのみ利用可"
+            ),
         },
     },
 }

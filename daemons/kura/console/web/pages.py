@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from kura.console.api import VAULT
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultError
 from kura.console.web import i18n, security
 from kura.console.web.menu import menu_for
@@ -104,7 +105,11 @@ async def call(request: web.Request, op: str, args: dict[str, Any] | None = None
     vault says of its role (an HA pair's standby) is noted for the banner."""
     try:
         result = await request.app[VAULT].call(
-            op, args or {}, session_token(request), client_address(request)
+            op,
+            args or {},
+            session_token(request),
+            client_address(request),
+            terminal_serial(request),
         )
     except VaultError as exc:
         if exc.vault_code == "standby":
