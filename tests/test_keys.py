@@ -219,3 +219,29 @@ def test_keys_never_printed(root: bytes, hierarchy: KeyHierarchy) -> None:
     key, _, _ = hierarchy.new_data_key(ALICE)
     text = repr(hierarchy) + repr(key)
     assert root.hex() not in text and hierarchy.backup_key.hex() not in text
+
+
+def test_agent_keys_follow_the_root_key_and_nothing_else(root: bytes) -> None:
+    # Both appliances of a pair derive the same CA and bundle key from the
+    # one root key; another root key gives other keys, and the three differ.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from kura.core.keys import AgentKeys
+
+    def public(key: object) -> bytes:
+        return key.public_key().public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    first, again, other = AgentKeys.derive(root), AgentKeys.derive(root), AgentKeys.derive(
+        new_root_key())
+    for name in ("root_ca", "issuing", "bundle_signing"):
+        assert public(getattr(first, name)) == public(getattr(again, name))
+        assert public(getattr(first, name)) != public(getattr(other, name))
+    assert public(first.root_ca) != public(first.issuing)
+    assert isinstance(first.root_ca.curve, ec.SECP256R1)
+    keyring = dict([bootstrap_keyring(root)])
+    unlocked = KeyHierarchy.unlock(root, keyring, 1).agent_keys
+    assert public(unlocked.bundle_signing) == public(first.bundle_signing)
+    assert "PRIVATE" not in repr(unlocked) and repr(unlocked) == "<AgentKeys>"

@@ -10,6 +10,7 @@ into frozen objects. Nothing deeper in the code reads the environment.
     keys_dir = "/var/lib/kura-keys"
     allowed_uids = [0]         # who may connect (the vault's own uid always may)
     admin_uids = [0]           # who may create the first DA
+    policy_uids = []           # kura-policy's uid: the agents' service operations
     [console]
     listen = "127.0.0.1"
     port = 8443
@@ -61,6 +62,9 @@ class VaultConfig:
     keys_dir: Path
     allowed_uids: frozenset[int] = frozenset({0})
     admin_uids: frozenset[int] = frozenset({0})
+    # kura-policy's uid: the only peer the agents' service operations answer
+    # (docs/agents.md); empty: none.
+    policy_uids: frozenset[int] = frozenset()
     # The SA's policy (audit_checkpoint_seconds, default 5) sets how often the
     # chain's head is signed; a value here overrides it (tests, benchmarks).
     checkpoint_seconds: float | None = None
@@ -162,6 +166,7 @@ def parse(
                 keys_dir=Path(vault["keys_dir"]),
                 allowed_uids=frozenset(int(u) for u in vault.get("allowed_uids", [0])),
                 admin_uids=frozenset(int(u) for u in vault.get("admin_uids", [0])),
+                policy_uids=frozenset(int(u) for u in vault.get("policy_uids", [])),
                 checkpoint_seconds=(
                     float(vault["checkpoint_seconds"]) if "checkpoint_seconds" in vault else None
                 ),

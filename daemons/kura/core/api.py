@@ -169,11 +169,11 @@ def _field_names(message: str) -> str:
 
 def _register_domain_schemas() -> None:
     # The subject and policy bodies are owned by their own modules.
-    from kura.core import disposal, exports, pairing, policychange, reports, requests
+    from kura.core import agents, disposal, exports, pairing, policychange, reports, requests
     from kura.core.accounts import POLICY_SCHEMA
     from kura.core.subjects import SUBJECT_SCHEMA
 
-    for area in (requests, exports, disposal, reports, policychange, pairing):
+    for area in (requests, exports, disposal, reports, policychange, pairing, agents):
         for op, schema in area.SCHEMAS.items():
             register_schema(op, schema)
 

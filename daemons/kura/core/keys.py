@@ -15,6 +15,10 @@ each under its own ``info`` label:
   audit checkpoints (deterministic, so the public key is stable for the life
   of the root key);
 - the *backup key*, for encrypted backups;
+- the endpoint agents' keys (docs/agents.md): the *agent root CA* and the
+  *issuing intermediate* (ECDSA P-256, the private scalar an HKDF output
+  reduced into the curve's range) and the *bundle-signing key* (Ed25519).
+  Derived, not stored, so both appliances of an HA pair hold the same ones;
 - the *check value*, kept beside the seal so a candidate root key (from shares
   or a credential) can be verified without storing anything secret.
 
@@ -56,6 +60,7 @@ from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -79,6 +84,12 @@ _INFO_KEYRING = b"kura/v1/keyring"
 _INFO_BLIND_INDEX = b"kura/v1/blind-index"
 _INFO_AUDIT_SIGNING = b"kura/v1/audit-signing-seed"
 _INFO_BACKUP = b"kura/v1/backup"
+_INFO_AGENT_ROOT_CA = b"kura/v1/agent-root-ca"
+_INFO_AGENT_ISSUING = b"kura/v1/agent-issuing-ca"
+_INFO_BUNDLE_SIGNING = b"kura/v1/agent-bundle-signing-seed"
+
+# The order of P-256's base point: a private scalar is 1 .. n-1.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 # Associated-data prefixes, one per kind of ciphertext.
 _AD_KEK = b"kura/v1/kek\x00"
@@ -122,7 +133,15 @@ class KeyHierarchy:
     the audit-signing key and the backup key. The root key itself is not kept.
     """
 
-    __slots__ = ("_active", "_audit_key", "_backup_key", "_blind", "_keks", "_keyring")
+    __slots__ = (
+        "_active",
+        "_agent_keys",
+        "_audit_key",
+        "_backup_key",
+        "_blind",
+        "_keks",
+        "_keyring",
+    )
 
     def __init__(
         self,
@@ -132,8 +151,10 @@ class KeyHierarchy:
         blind_key: bytes,
         audit_key: Ed25519PrivateKey,
         backup_key: bytes,
+        agent_keys: AgentKeys | None = None,
     ) -> None:
         self._keyring = keyring
+        self._agent_keys = agent_keys
         self._keks = keks
         self._active = active
         # An HMAC object keyed once; .copy() per index skips the key schedule.
@@ -177,6 +198,7 @@ class KeyHierarchy:
             blind_key=_derive(root_key, _INFO_BLIND_INDEX, 32),
             audit_key=Ed25519PrivateKey.from_private_bytes(seed),
             backup_key=_derive(root_key, _INFO_BACKUP, 32),
+            agent_keys=AgentKeys.derive(root_key),
         )
 
     # -- the keyring ---------------------------------------------------------
@@ -285,6 +307,51 @@ class KeyHierarchy:
     def backup_key(self) -> bytes:
         """32 bytes for encrypting backups."""
         return self._backup_key
+
+    @property
+    def agent_keys(self) -> AgentKeys:
+        """The endpoint agents' CA, intermediate and bundle-signing keys."""
+        if self._agent_keys is None:
+            raise KuraError(en="This key hierarchy was made without the agent keys.")
+        return self._agent_keys
+
+
+class AgentKeys:
+    """The keys behind endpoint agents (kura.core.agentca, kura.core.bundle):
+    the root CA an agent pins, the intermediate that signs its certificate
+    and kura-policy's, and the key that signs every policy bundle."""
+
+    __slots__ = ("bundle_signing", "issuing", "root_ca")
+
+    def __init__(
+        self,
+        root_ca: ec.EllipticCurvePrivateKey,
+        issuing: ec.EllipticCurvePrivateKey,
+        bundle_signing: Ed25519PrivateKey,
+    ) -> None:
+        self.root_ca = root_ca
+        self.issuing = issuing
+        self.bundle_signing = bundle_signing
+
+    def __repr__(self) -> str:
+        return "<AgentKeys>"
+
+    @classmethod
+    def derive(cls, root_key: bytes) -> AgentKeys:
+        return cls(
+            root_ca=_p256_key(_derive(root_key, _INFO_AGENT_ROOT_CA, 48)),
+            issuing=_p256_key(_derive(root_key, _INFO_AGENT_ISSUING, 48)),
+            bundle_signing=Ed25519PrivateKey.from_private_bytes(
+                _derive(root_key, _INFO_BUNDLE_SIGNING, 32)
+            ),
+        )
+
+
+def _p256_key(material: bytes) -> ec.EllipticCurvePrivateKey:
+    # 48 bytes (384 bits) reduced mod n-1: the bias against the 256-bit order
+    # is below 2**-128, and +1 keeps the scalar off zero.
+    scalar = int.from_bytes(material, "big") % (_P256_ORDER - 1) + 1
+    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 class DataKey:

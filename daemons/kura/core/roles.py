@@ -36,8 +36,23 @@ _LABELS = {
 # token is their only credential.
 # user.activate is the new account holder's: the activation code's two halves
 # are their only credential.
+# agents.ca is the endpoint agents' CA certificate and bundle key: public values.
 PUBLIC = frozenset(
-    {"status", "unseal", "login", "request.open", "request.submit", "user.activate"}
+    {"status", "unseal", "login", "request.open", "request.submit", "user.activate",
+     "agents.ca"}
+)
+# Operations of the kura-policy daemon (docs/agents.md): no session, only a
+# peer whose uid is in ``[vault] policy_uids``; the vault audits them as the
+# actor "kura-policy".
+SERVICE = frozenset(
+    {
+        "agents.server_cert",
+        "agents.enrol",
+        "agents.check",
+        "agents.heartbeat",
+        "agents.bundle",
+        "agents.watch",
+    }
 )
 SELF = frozenset(
     {
@@ -127,13 +142,25 @@ ALLOWED: dict[str, frozenset[Role]] = {
     # the pair's health page; a planned switchover (kura.vault.hastatus)
     "ha.status": frozenset({_DA, _SA}),
     "ha.switchover": frozenset({_DA}),
+    # endpoint agents (kura.vault.agents): the SA enrols, revokes and sets
+    # their policy; the alerts are the SA's and the DA's to see
+    "agents.token_create": frozenset({_SA}),
+    "agents.tokens": frozenset({_SA}),
+    "agents.token_withdraw": frozenset({_SA}),
+    "agents.list": frozenset({_SA}),
+    "agents.revoke": frozenset({_SA}),
+    "agents.policy_get": frozenset({_SA}),
+    "agents.policy_set": frozenset({_SA}),
+    "alerts.list": frozenset({_SA, _DA}),
 }
 
-OPERATIONS = PUBLIC | SELF | frozenset(ALLOWED)
+OPERATIONS = PUBLIC | SELF | SERVICE | frozenset(ALLOWED)
 
 
 def may(role: Role, operation: str) -> bool:
     """True if ``role`` may perform ``operation`` (which must need a session)."""
+    if operation in SERVICE:
+        return False
     if operation in SELF:
         return True
     return role in ALLOWED.get(operation, frozenset())

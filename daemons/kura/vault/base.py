@@ -52,10 +52,13 @@ class Caller:
     peer_uid: int
     session: Session | None = None
     terminal: str = ""  # the browser's verified client-certificate serial (kura-console)
+    service: str = ""  # a daemon calling a service operation: "kura-policy"
 
     @property
     def actor(self) -> str:
-        return self.session.username if self.session else "-"
+        if self.session:
+            return self.session.username
+        return self.service or "-"
 
     @property
     def role(self) -> str:
@@ -163,6 +166,9 @@ class VaultBase:
         """Record the pair's loss of redundancy and its return (kura.vault.
         hastatus); nothing on a single appliance."""
 
+    async def agent_upkeep(self, now: float) -> None:
+        """Judge the endpoint agents every few seconds (kura.vault.agents)."""
+
     def _keys(self) -> KeyHierarchy:
         if self.keys is None:
             raise VaultSealed()
@@ -207,7 +213,7 @@ class VaultBase:
             "created_by": actor,
         }
 
-    async def terminal_standing(self, serial: str) -> str:
+    async def terminal_standing(self, serial_hex: str) -> str:
         """What the enrolled agents say of a client-certificate serial:
         "compliant", "noncompliant", "revoked" or "unknown" (kura.vault.agents
         answers; without it no terminal is known)."""

@@ -42,7 +42,9 @@ async def serve(config_path: str | None) -> None:
     await store.open()
     vault = Vault(config, store)
     await vault.start()
-    server = VaultServer(vault, config.vault.socket, config.vault.allowed_uids)
+    server = VaultServer(
+        vault, config.vault.socket, config.vault.allowed_uids | config.vault.policy_uids
+    )
     await server.start()
     state = "sealed" if vault.sealed else "unsealed"
     log.info("listening on %s (%s)", config.vault.socket, state)

@@ -46,9 +46,10 @@ from kura.core.errors import (
     VaultSealed,
 )
 from kura.core.keys import KeyHierarchy, bootstrap_keyring
-from kura.core.roles import PUBLIC, SELF, Role, may
+from kura.core.roles import PUBLIC, SELF, SERVICE, Role, may
 from kura.vault import sealing
 from kura.vault.accounts import AccountOperations
+from kura.vault.agents import AgentOperations
 from kura.vault.base import (
     STANDBY,
     Caller,
@@ -93,6 +94,7 @@ class Vault(
     StandbyOperations,
     PairingOperations,
     HaStatusOperations,
+    AgentOperations,
 ):
     def __init__(self, config: Config, store: Store, clock: Clock = utcnow) -> None:
         super().__init__(config, store, clock)
@@ -319,8 +321,10 @@ class Vault(
         # The SA's allowed networks are the clerks' terminals; an employee
         # opens their one-time link from wherever they are (the link is the
         # credential, and it works once).
-        exempt = ("status", "request.open", "request.submit")
-        if op not in exempt and not self._client_allowed(caller.client):
+        # kura-policy passes the agent's address as the client: agents are
+        # not the console's terminals (its own uid is its credential).
+        exempt = ("status", "request.open", "request.submit", "agents.ca")
+        if op not in exempt and op not in SERVICE and not self._client_allowed(caller.client):
             async with self.store.transaction() as tx:
                 await tx.append_audit(
                     actor="-",
@@ -338,6 +342,13 @@ class Vault(
             return await self._call_in_fault(op, handler, caller, valid, token)
         if op in PUBLIC:
             return await handler(caller, valid)
+        if op in SERVICE:
+            # kura-policy's uid is its credential; it never holds a session.
+            if peer_uid not in self.config.vault.policy_uids or token:
+                async with self.store.transaction() as tx:
+                    await record(tx, caller, op, outcome="denied", detail={"reason": "uid"})
+                raise PermissionDenied()
+            return await handler(replace(caller, service="kura-policy"), valid)
         if op == "bootstrap_da":
             if peer_uid not in self.config.vault.admin_uids and peer_uid != os.geteuid():
                 raise PermissionDenied()
@@ -368,7 +379,7 @@ class Vault(
                     await tx.delete_session(accounts.token_digest(str(result["token"])))
                 raise self.refuse_in_fault()
             return result
-        if op in PUBLIC or op == "bootstrap_da":
+        if op in PUBLIC or op in SERVICE or op == "bootstrap_da":
             raise self.refuse_in_fault()
         session = await self._session(token, caller)
         caller = replace(caller, session=session)

@@ -157,6 +157,7 @@ class StandbyOperations(IntegrityOperations):
                 if self.keys is not None and self.integrity is None:
                     try:
                         await self.follow_pair()
+                        await self.agent_upkeep(now)
                     except ChainDiverged as exc:
                         await self.diverged(exc)
             elif self.keys is not None:

@@ -72,6 +72,7 @@ _DISPOSAL_COLUMNS = (
 )
 DISPOSAL_LOCK = 0x6B757264  # "kurd": proposals and decisions of disposals
 POLICY_LOCK = 0x6B757270  # "kurp": changes to the security policy
+AGENTS_LOCK = 0x6B757261 + 0x100  # agents, their tokens, policies and bundles
 
 Row = dict[str, Any]
 
@@ -450,6 +451,175 @@ class Tx:
             "SELECT count(*) AS n FROM users WHERE role = %s AND NOT disabled", (role,)
         )
         return int(row["n"]) if row else 0
+
+    # --- endpoint agents (kura.vault.agents) ------------------------------------
+
+    async def lock_agents(self) -> None:
+        """One change to agents, tokens, policies or bundles at a time: a
+        bundle's body is made from all of them, and two made at once from the
+        same state would race for the next serial."""
+        await self.run("SELECT pg_advisory_xact_lock(%s)", (AGENTS_LOCK,))
+
+    async def insert_agent_token(self, row: Mapping[str, Any]) -> None:
+        await self.run(
+            "INSERT INTO agent_tokens (id, digest, profile, label, created_by, created_at,"
+            " expires) VALUES (%(id)s, %(digest)s, %(profile)s, %(label)s, %(created_by)s,"
+            " %(created_at)s, %(expires)s)",
+            row,
+        )
+
+    async def agent_token_by_digest(self, digest: bytes) -> Row | None:
+        return await self.one(
+            "SELECT * FROM agent_tokens WHERE digest = %s FOR UPDATE", (digest,)
+        )
+
+    async def agent_token(self, token_id: str) -> Row | None:
+        return await self.one("SELECT * FROM agent_tokens WHERE id = %s FOR UPDATE", (token_id,))
+
+    async def agent_tokens(self, since: datetime) -> list[Row]:
+        return await self.all(
+            "SELECT id, profile, label, created_by, created_at, expires, used_at, agent_id,"
+            " withdrawn_at, withdrawn_by FROM agent_tokens WHERE created_at >= %s"
+            " OR (used_at IS NULL AND withdrawn_at IS NULL AND expires > %s)"
+            " ORDER BY created_at DESC LIMIT 200",
+            (since, since),
+        )
+
+    async def use_agent_token(self, token_id: Any, at: datetime, agent_id: str) -> None:
+        await self.run(
+            "UPDATE agent_tokens SET used_at = %s, agent_id = %s WHERE id = %s",
+            (at, agent_id, token_id),
+        )
+
+    async def withdraw_agent_token(self, token_id: Any, at: datetime, by: str) -> None:
+        await self.run(
+            "UPDATE agent_tokens SET withdrawn_at = %s, withdrawn_by = %s WHERE id = %s",
+            (at, by, token_id),
+        )
+
+    async def insert_agent(self, row: Mapping[str, Any]) -> None:
+        await self.run(
+            "INSERT INTO agents (agent_id, serial, profile, label, hostname, certificate,"
+            " token_id, enrolled_at, address, last_seen) VALUES (%(agent_id)s, %(serial)s,"
+            " %(profile)s, %(label)s, %(hostname)s, %(certificate)s, %(token_id)s,"
+            " %(enrolled_at)s, %(address)s, %(enrolled_at)s)",
+            row,
+        )
+
+    async def agent(self, agent_id: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM agents WHERE agent_id = %s" + (" FOR UPDATE" if lock else ""),
+            (agent_id,),
+        )
+
+    async def agent_by_serial(self, serial: str, lock: bool = False) -> Row | None:
+        return await self.one(
+            "SELECT * FROM agents WHERE serial = %s" + (" FOR UPDATE" if lock else ""),
+            (serial,),
+        )
+
+    async def agents(self, state: str | None = None) -> list[Row]:
+        if state is None:
+            return await self.all("SELECT * FROM agents ORDER BY enrolled_at")
+        return await self.all(
+            "SELECT * FROM agents WHERE state = %s ORDER BY enrolled_at", (state,)
+        )
+
+    async def revoked_agent_serials(self) -> list[str]:
+        rows = await self.all("SELECT serial FROM agents WHERE state = 'revoked'")
+        return [str(r["serial"]) for r in rows]
+
+    async def revoke_agent(self, agent_id: str, at: datetime, by: str, reason: str) -> None:
+        await self.run(
+            "UPDATE agents SET state = 'revoked', revoked_at = %s, revoked_by = %s,"
+            " revoke_reason = %s WHERE agent_id = %s",
+            (at, by, reason, agent_id),
+        )
+
+    async def agent_heard(
+        self, agent_id: str, at: datetime, address: str, policy_serial: int | None,
+        posture: Mapping[str, Any],
+    ) -> None:
+        await self.run(
+            "UPDATE agents SET last_seen = %s, address = %s,"
+            " policy_serial = coalesce(%s, policy_serial), posture = %s WHERE agent_id = %s",
+            (at, address, policy_serial, json.dumps(posture, ensure_ascii=False), agent_id),
+        )
+
+    async def agent_judged(
+        self, agent_id: str, compliant: bool, problems: Sequence[Mapping[str, Any]]
+    ) -> None:
+        await self.run(
+            "UPDATE agents SET compliant = %s, problems = %s WHERE agent_id = %s",
+            (compliant, json.dumps(list(problems), ensure_ascii=False), agent_id),
+        )
+
+    async def agent_policy(self, profile: str) -> Row | None:
+        return await self.one(
+            "SELECT * FROM agent_policies WHERE profile = %s ORDER BY version DESC LIMIT 1",
+            (profile,),
+        )
+
+    async def insert_agent_policy(
+        self, profile: str, version: int, policy: Mapping[str, Any],
+        tests: Sequence[Mapping[str, Any]], by: str, at: datetime,
+    ) -> None:
+        await self.run(
+            "INSERT INTO agent_policies (profile, version, policy, tests, saved_by, saved_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (profile, version, json.dumps(policy, ensure_ascii=False),
+             json.dumps(list(tests), ensure_ascii=False), by, at),
+        )
+
+    async def newest_bundle(self, profile: str) -> Row | None:
+        return await self.one(
+            "SELECT * FROM agent_bundles WHERE profile = %s ORDER BY serial DESC LIMIT 1",
+            (profile,),
+        )
+
+    async def next_bundle_serial(self) -> int:
+        row = await self.one("SELECT nextval('agent_bundles_serial_seq') AS serial")
+        assert row is not None
+        return int(row["serial"])
+
+    async def insert_bundle(
+        self, serial: int, profile: str, version: int, issued: datetime, body: bytes,
+        signature: bytes,
+    ) -> None:
+        await self.run(
+            "INSERT INTO agent_bundles (serial, profile, version, issued, body, signature)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (serial, profile, version, issued, body, signature),
+        )
+
+    async def open_alerts(self) -> list[Row]:
+        return await self.all(
+            "SELECT * FROM alerts WHERE cleared IS NULL ORDER BY raised DESC LIMIT 500"
+        )
+
+    async def recent_alerts(self, since: datetime) -> list[Row]:
+        return await self.all(
+            "SELECT * FROM alerts WHERE cleared IS NULL OR cleared >= %s"
+            " ORDER BY cleared IS NOT NULL, raised DESC LIMIT 500",
+            (since,),
+        )
+
+    async def raise_alert(
+        self, kind: str, target: str, at: datetime, detail: Mapping[str, Any]
+    ) -> bool:
+        """True if the alert is new (none of this kind was open for ``target``)."""
+        return bool(await self.run(
+            "INSERT INTO alerts (kind, target, raised, detail) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (kind, target) WHERE cleared IS NULL DO NOTHING",
+            (kind, target, at, json.dumps(detail, ensure_ascii=False)),
+        ))
+
+    async def clear_alerts(self, target: str, at: datetime, kinds: Sequence[str]) -> int:
+        return await self.run(
+            "UPDATE alerts SET cleared = %s WHERE target = %s AND kind = ANY(%s)"
+            " AND cleared IS NULL",
+            (at, target, list(kinds)),
+        )
 
     # --- users and sessions --------------------------------------------------
 
