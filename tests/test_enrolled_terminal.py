@@ -10,11 +10,14 @@ tests speak to the vault's socket as the console does."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from kura.console.vaultclient import VaultClient, VaultError
 from kura.core import terminals
@@ -23,7 +26,8 @@ from kura.core.roles import Role
 from kura.devserver import LocalAppliance
 from tests.conftest import new_appliance
 from tests.policy_support import set_policy
-from tests.support import Api, first_da, fresh_totp, provision
+from tests.support import Api, first_da, provision
+from tests.test_agents_vault import csr_pem
 
 # --- the rule, without I/O ---------------------------------------------------------
 
@@ -75,12 +79,18 @@ class Site:
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
     app = new_appliance("terminal")
+    # This process plays kura-policy too: it enrols the clerk PCs and sends
+    # their heartbeats (the service operations, by uid).
+    app.extra_config = {"vault": {"policy_uids": [os.geteuid()]}}
     app.start()
     try:
         da = first_da(app)
-        sa = provision(da, "sa-terminal", "SA")
-        yield Site(app, da, sa, provision(da, "ma-terminal", "MA"),
-                   provision(da, "mu-terminal", "MU"))
+        sa, ma = provision(da, "sa-terminal", "SA"), provision(da, "ma-terminal", "MA")
+        mu = provision(da, "mu-terminal", "MU")
+        # No second factor for MU and MA here: each sign-in would wait for a
+        # fresh TOTP step, and the second factor is not what is tested.
+        set_policy(sa, {"mfa_roles": ["SA", "DA"]}, ma)
+        yield Site(app, da, sa, ma, mu)
     finally:
         app.stop()
 
@@ -101,8 +111,11 @@ def vault(site: Site, op: str, args: dict[str, Any] | None = None, session: str 
 
 
 def sign_in(site: Site, who: Api, terminal: str = "") -> dict[str, Any]:
-    return vault(site, "login", {"username": who.username, "password": who.password,
-                                 "totp": fresh_totp(who.totp_secret)}, terminal=terminal)
+    return vault(site, "login", credentials(who), terminal=terminal)
+
+
+def credentials(who: Api) -> dict[str, Any]:
+    return {"username": who.username, "password": who.password}
 
 
 def refused(site: Site, op: str, args: dict[str, Any] | None = None, session: str | None = None,
@@ -124,8 +137,7 @@ def test_policy_on_refuses_mu_and_ma_without_a_terminal_and_audits_it(site: Site
     assert policy["require_enrolled_terminal"] is True
 
     for who in (site.mu, site.ma):
-        error = refused(site, "login", {"username": who.username, "password": who.password,
-                                        "totp": fresh_totp(who.totp_secret)})
+        error = refused(site, "login", credentials(who))
         assert error.http_status == 403 and error.vault_code == "terminal_not_enrolled"
         assert "事務端末" in error.message_ja and "clerk PC" in error.message_en
         assert error.detail["reason"] == "no_certificate"
@@ -133,8 +145,7 @@ def test_policy_on_refuses_mu_and_ma_without_a_terminal_and_audits_it(site: Site
     error = refused(site, "whoami", session=before["token"])
     assert error.vault_code == "terminal_not_enrolled"
     # … and an unknown certificate is no better than none.
-    assert refused(site, "login", {"username": site.mu.username, "password": site.mu.password,
-                                   "totp": fresh_totp(site.mu.totp_secret)},
+    assert refused(site, "login", credentials(site.mu),
                    terminal="3f2a").detail["reason"] == "unknown"
 
     entries = refusals(site)
@@ -146,5 +157,57 @@ def test_policy_on_refuses_mu_and_ma_without_a_terminal_and_audits_it(site: Site
     assert all(site.mu.password not in str(e) for e in entries)
 
     # The SA and the DA are not bound by it.
-    assert sign_in(site, site.sa)["role"] == "SA"
     assert vault(site, "whoami", session=site.sa.token)["username"] == "sa-terminal"
+
+
+def enrolled_clerk_pcs(site: Site, *labels: str) -> list[str]:
+    """Clerk PCs enrolled and heard from with the newest bundle, as kura-policy
+    reports them; their certificates' serials once the vault's sweep (every
+    few seconds) has judged them compliant."""
+    serials: dict[str, str] = {}
+    for label in labels:
+        made = vault(site, "agents.token_create", {"profile": "clerk-pc", "label": label},
+                     session=site.sa.token)
+        enrolled = vault(site, "agents.enrol", {"token": made["token"], "csr_pem": csr_pem(),
+                                                "hostname": label, "address": "192.0.2.31"})
+        serials[enrolled["agent_id"]] = format(x509.load_pem_x509_certificate(
+            enrolled["certificate"].encode()).serial_number, "x")
+    deadline = time.monotonic() + 30
+    while True:
+        newest = vault(site, "agents.bundle", {"profile": "clerk-pc"})["serial"]
+        for serial in serials.values():
+            vault(site, "agents.heartbeat", {"serial": serial, "address": "192.0.2.31",
+                                             "report": {"policy_serial": newest}})
+        listed = vault(site, "agents.list", session=site.sa.token)["agents"]
+        if all(a["compliant"] for a in listed if a["agent_id"] in serials):
+            return list(serials.values())
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.5)
+
+
+def test_a_compliant_clerk_pc_signs_in_and_a_revoked_one_is_refused_at_once(site: Site) -> None:
+    set_policy(site.sa, {"require_enrolled_terminal": True})
+    desk, other = enrolled_clerk_pcs(site, "pc-desk", "pc-other")
+
+    session = sign_in(site, site.mu, terminal=desk)
+    assert session["role"] == "MU"
+    assert vault(site, "whoami", session=session["token"], terminal=desk)["username"] == (
+        "mu-terminal")
+    # The session is bound to the PC it signed in from: not another, even a
+    # compliant one, and not a browser without the certificate.
+    assert refused(site, "whoami", session=session["token"],
+                   terminal=other).detail["reason"] == "other_terminal"
+    assert refused(site, "whoami", session=session["token"]).detail["reason"] == (
+        "no_certificate")
+    assert sign_in(site, site.ma, terminal=other)["role"] == "MA"
+
+    agent = next(a for a in vault(site, "agents.list", session=site.sa.token)["agents"]
+                 if a["label"] == "pc-desk")
+    vault(site, "agents.revoke", {"agent_id": agent["agent_id"], "reason": "盗難"},
+          session=site.sa.token)
+    error = refused(site, "whoami", session=session["token"], terminal=desk)
+    assert error.vault_code == "terminal_not_enrolled" and error.detail["reason"] == "revoked"
+    assert refused(site, "login", credentials(site.mu),
+                   terminal=desk).detail["reason"] == "revoked"
+    entry = next(e for e in refusals(site) if e["detail"]["reason"] == "revoked")
+    assert entry["detail"]["standing"] == "revoked" and entry["detail"]["terminal"] == desk
