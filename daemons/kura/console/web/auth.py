@@ -12,7 +12,7 @@ from aiohttp import web
 
 from kura.console.api import VAULT
 from kura.console.vaultclient import VaultError
-from kura.console.web import admin, ha, i18n, security
+from kura.console.web import admin, agents, ha, i18n, security
 from kura.console.web.accounts import home_context
 from kura.console.web.pages import (
     WEB,
@@ -63,9 +63,11 @@ async def home(request: web.Request) -> web.Response:
     account_notes = {} if stopped else await home_context(request, who)
     # The DA and the SA see the HA pair's role changes.
     ha_changes = [] if stopped else await ha.home_changes(request, who)
+    # The SA sees how many endpoint agents are silent or not compliant.
+    agent_notes = {} if stopped else await agents.home_notes(request, who)
     return render_page(
         request, "home.html", vault=status, policy_changes=changes, account_notes=account_notes,
-        ha_changes=ha_changes,
+        ha_changes=ha_changes, agent_notes=agent_notes,
     )
 
 
