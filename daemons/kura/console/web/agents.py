@@ -47,8 +47,8 @@ PROFILE_LABELS: dict[str, str] = {
     "business-server": N_("Business server"),
 }
 TOKEN_STATES: dict[str, str] = {
-    "open": N_("Open"),
-    "used": N_("Used"),
+    "open": N_("Not used yet"),
+    "used": N_("Used for enrolment"),
     "expired": N_("Expired"),
     "withdrawn": N_("Withdrawn"),
 }
