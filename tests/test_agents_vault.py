@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyotp
@@ -36,7 +36,6 @@ from kura.devserver import LocalAppliance
 from kura.vault.service import Vault
 from kura.vault.store import Store
 from tests.conftest import new_appliance
-from tests.test_sessions import FakeClock
 
 DA_FIRST = "First-Kura-Pass-42!"
 DA_PASSWORD = "Kura-Second-Pass-2026!"
@@ -45,6 +44,19 @@ SA_SECRET: dict[str, str] = {}
 _USED: dict[str, int] = {}
 CLERK_ADDRESS = "192.0.2.31"
 SERVER_ADDRESS = "192.0.2.40"
+
+
+class FakeClock:
+    """The vault's clock: starts at the real time, moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
 
 
 def csr_pem(key: Any = None) -> str:
@@ -176,6 +188,8 @@ def run(config: Config, scenario: Any) -> None:
 def test_enrol_gives_a_certificate_under_the_pinned_ca(config: Config) -> None:
     async def scenario(d: Desk) -> None:
         ca = await d.vault.call("agents.ca", {}, None, "203.0.113.9", 12345)  # public
+        [made_once] = await d.audit("agent.ca")
+        assert made_once["detail"] == {"fingerprint": ca["fingerprint"]}
         made = await d.as_sa("agents.token_create", {"profile": "clerk-pc", "label": "受付"})
         assert made["fingerprint"] == ca["fingerprint"]
         assert f"--token {made['token']}" in made["command"]
@@ -255,7 +269,7 @@ def test_revoke_refuses_the_agent_at_once_and_wakes_the_watch(config: Config) ->
         enrolled = await d.enrol()
         serial = format(x509.load_pem_x509_certificate(
             enrolled["certificate"].encode()).serial_number, "x")
-        state = await d.policy("agents.watch", {})
+        state = await d.policy("agents.watch", {"after": 0})  # knows nothing: at once
         watcher = asyncio.create_task(d.policy("agents.watch", {"after": state["generation"]}))
         await asyncio.sleep(0.2)
         assert not watcher.done()
@@ -417,5 +431,73 @@ def test_a_silent_agent_is_audited_and_alerted_until_it_is_back(config: Config) 
         assert len(back) == 1
         alerts = (await d.as_sa("alerts.list"))["alerts"]
         assert all(a["cleared"] for a in alerts if a["target"] == clerk["agent_id"])
+
+    run(config, scenario)
+
+
+def test_posture_below_the_policy_makes_the_terminal_noncompliant(config: Config) -> None:
+    async def scenario(d: Desk) -> None:
+        clerk = await d.enrol()
+        serial = format(x509.load_pem_x509_certificate(
+            clerk["certificate"].encode()).serial_number, "x")
+        current = await d.as_sa("agents.policy_get", {"profile": "clerk-pc"})
+        saved = await d.as_sa("agents.policy_set", {
+            "profile": "clerk-pc", "version": current["version"],
+            "policy": {**current["policy"], "require_disk_encryption": True}})
+
+        async def beat(encrypted: bool | None) -> str:
+            report = {} if encrypted is None else {"policy_serial": saved["serial"],
+                                                   "disk_encrypted": encrypted}
+            await d.policy("agents.heartbeat", {"serial": serial, "address": CLERK_ADDRESS,
+                                                "report": report})
+            await d.vault.agent_sweep()
+            return await d.vault.terminal_standing(serial)
+
+        assert await beat(False) == "noncompliant"
+        entry = [e for e in await d.audit("agent.noncompliant")
+                 if e["target"] == clerk["agent_id"]]
+        assert entry[-1]["detail"]["problems"] == ["disk_not_encrypted"]
+        assert await beat(None) == "noncompliant"  # a bare heartbeat keeps the posture
+        assert await beat(True) == "compliant"
+        alerts = [a for a in (await d.as_sa("alerts.list"))["alerts"]
+                  if a["target"] == clerk["agent_id"]]
+        assert [a["kind"] for a in alerts] == ["agent.noncompliant"] and alerts[0]["cleared"]
+        # Only a clerk's PC is a terminal for the console.
+        server = await d.enrol(profile="business-server", address="192.0.2.41")
+        server_serial = format(x509.load_pem_x509_certificate(
+            server["certificate"].encode()).serial_number, "x")
+        assert await d.vault.terminal_standing(server_serial) == "unknown"
+        assert await d.vault.terminal_standing("not hex") == "unknown"
+
+    run(config, scenario)
+
+
+def test_kura_policy_gets_a_server_certificate_and_bundles_name_the_appliance(
+    config: Config,
+) -> None:
+    async def scenario(d: Desk) -> None:
+        d.vault.watch_seconds = 10.0
+        key = ec.generate_private_key(ec.SECP256R1())
+        state = await d.policy("agents.watch", {})
+        watcher = asyncio.create_task(d.policy("agents.watch", {"after": state["generation"]}))
+        made = await d.policy("agents.server_cert", {
+            "csr_pem": csr_pem(key), "names": ["192.0.2.10", "127.0.0.1", "kura-a"]}, "local")
+        cert = x509.load_pem_x509_certificate(made["certificate"].encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == ["kura-a"]
+        assert cert.issuer == x509.load_pem_x509_certificate(made["chain"].encode()).subject
+        woke = await asyncio.wait_for(watcher, 5)  # new bundles: the appliance's address
+        ca = await d.policy("agents.ca", {})
+        key_text = bundle.public_key_from_text(ca["bundle_key"])
+        for profile, serial in woke["serials"].items():
+            got = await d.policy("agents.bundle", {"profile": profile})
+            assert got["serial"] == serial
+            body = bundle.verify(got["envelope"], key_text).body
+            assert body["appliance_addresses"] == ["192.0.2.10"]
+        # An enrolment seen through an IPv6 socket records the IPv4 address.
+        enrolled = await d.enrol(address="::ffff:192.0.2.99")
+        listed = next(a for a in (await d.as_sa("agents.list"))["agents"]
+                      if a["agent_id"] == enrolled["agent_id"])
+        assert listed["address"] == "192.0.2.99"
 
     run(config, scenario)

@@ -276,7 +276,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "agents.enrol": obj(
         {"token": text(64, 1), "csr_pem": _PEM},
-        {"hostname": text(253), "address": _ADDRESS},
+        {"hostname": text(253), "address": text(64)},
     ),
     "agents.check": obj({"serial": _SERIAL}),
     "agents.heartbeat": obj({"serial": _SERIAL, "address": _ADDRESS},

@@ -79,11 +79,15 @@ def _clean(value: Any) -> Any:
 
 
 def _address(text: str) -> str:
+    """An IP address in normal form; an IPv4 address seen through an IPv6
+    socket (``::ffff:192.0.2.1``) as the IPv4 address it is."""
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         raise BadRequest("address: not an IP address", "address: IP アドレスではありません。",
                          field="address") from None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 def _envelope(row: Row) -> dict[str, str]:
@@ -97,7 +101,9 @@ def _envelope(row: Row) -> dict[str, str]:
 class AgentOperations(VaultBase):
     # How long agents.watch waits at most (tests shorten it).
     watch_seconds: float = rules.WATCH_SECONDS
-    _agent_generation: int = 0
+    # Starts at 1: a watcher that knows nothing yet asks with ``after`` 0 (or
+    # none) and gets the whole state at once.
+    _agent_generation: int = 1
     _agent_event: asyncio.Event | None = None
     _agent_swept: float = 0.0
     _agent_ca: Ca | None = None
@@ -123,6 +129,8 @@ class AgentOperations(VaultBase):
                                                       self.config.appliance, now)
                     stored = {"root": agentca.pem(root), "intermediate": agentca.pem(inter)}
                     await tx.set_setting("agent_ca", stored)
+                    await tx.append_audit(actor="-", role="", action="agent.ca", client="local",
+                                          detail={"fingerprint": agentca.fingerprint(root)})
         if not stored:
             raise KuraError("the agent CA is not made yet", "エージェント CA がまだありません。")
         root, inter = agentca.load(stored["root"]), agentca.load(stored["intermediate"])
@@ -425,7 +433,10 @@ class AgentOperations(VaultBase):
         names = [str(n) for n in args["names"]]
         cert = agentca.issue_server(csr, names, ca.intermediate,
                                     self._keys().agent_keys.issuing, self.clock())
-        addresses = sorted(set(agentca.ip_names(names)))
+        # The addresses agents reach this node by: no loopback, no link-local.
+        addresses = sorted({a for a in agentca.ip_names(names)
+                            if not ipaddress.ip_address(a).is_loopback
+                            and not ipaddress.ip_address(a).is_link_local})
         made: list[int] = []
         async with self.store.transaction() as tx:
             await tx.lock_agents()
@@ -512,7 +523,7 @@ class AgentOperations(VaultBase):
         now = self.clock()
         address = _address(args["address"])
         report = args.get("report") or {}
-        posture = rules.posture_of(report)
+        posture = rules.posture_of(report) if report else None
         reported = report.get("policy_serial")
         policy_serial = reported if isinstance(reported, int) and not isinstance(
             reported, bool) else None
@@ -622,12 +633,15 @@ class AgentOperations(VaultBase):
 
     async def _judge(self, tx: Tx, agent: Row, problems: list[dict[str, Any]],
                      now: datetime) -> None:
+        if problems == agent["problems"]:
+            return
+        agent_id = agent["agent_id"]
+        await tx.agent_judged(agent_id, not problems, problems)
+        # The log and the alerts follow the kinds of problem, not their figures.
         before = {p["code"] for p in agent["problems"]}
         after = {p["code"] for p in problems}
         if before == after:
             return
-        agent_id = agent["agent_id"]
-        await tx.agent_judged(agent_id, not problems, problems)
 
         async def note(action: str, outcome: str, detail: dict[str, Any]) -> None:
             await tx.append_audit(actor="-", role="", action=action, outcome=outcome,
@@ -636,13 +650,13 @@ class AgentOperations(VaultBase):
         was_silent, silent = rules.SILENT in before, rules.SILENT in after
         was_bad, bad = bool(before - {rules.SILENT}), after - {rules.SILENT}
         if silent and not was_silent:
-            await note("agent.silent", "denied", {"last_seen": agent["last_seen"].isoformat()})
+            await note("agent.silent", "error", {"last_seen": agent["last_seen"].isoformat()})
             await tx.raise_alert(SILENT_ALERT, agent_id, now,
                                  {"profile": agent["profile"], "problems": problems})
         elif was_silent and not silent:
             await tx.clear_alerts(agent_id, now, [SILENT_ALERT])
         if bad and bad != before - {rules.SILENT}:
-            await note("agent.noncompliant", "denied", {"problems": sorted(bad)})
+            await note("agent.noncompliant", "error", {"problems": sorted(bad)})
             await tx.clear_alerts(agent_id, now, [NONCOMPLIANT_ALERT])
             await tx.raise_alert(NONCOMPLIANT_ALERT, agent_id, now,
                                  {"profile": agent["profile"], "problems": problems})

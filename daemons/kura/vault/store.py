@@ -538,12 +538,15 @@ class Tx:
 
     async def agent_heard(
         self, agent_id: str, at: datetime, address: str, policy_serial: int | None,
-        posture: Mapping[str, Any],
+        posture: Mapping[str, Any] | None,
     ) -> None:
+        """A heartbeat; without a report (None) the last one's serial and posture stay."""
         await self.run(
             "UPDATE agents SET last_seen = %s, address = %s,"
-            " policy_serial = coalesce(%s, policy_serial), posture = %s WHERE agent_id = %s",
-            (at, address, policy_serial, json.dumps(posture, ensure_ascii=False), agent_id),
+            " policy_serial = coalesce(%s, policy_serial), posture = coalesce(%s, posture)"
+            " WHERE agent_id = %s",
+            (at, address, policy_serial,
+             None if posture is None else json.dumps(posture, ensure_ascii=False), agent_id),
         )
 
     async def agent_judged(

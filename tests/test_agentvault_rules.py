@@ -218,3 +218,17 @@ def test_the_bundle_body_resolves_terminals_to_their_addresses() -> None:
                           version=1, issued=NOW, world=WORLD)
     assert clerk["protect"] == [] and clerk["dns"] == ["192.0.2.53"]
     assert set(clerk) == set(body)
+
+
+def test_only_kura_policy_calls_the_service_operations() -> None:
+    from kura import config as config_module
+    from kura.core.roles import OPERATIONS, SERVICE, Role, may
+
+    assert {"agents.enrol", "agents.check", "agents.heartbeat", "agents.bundle",
+            "agents.watch", "agents.server_cert"} == SERVICE <= OPERATIONS
+    assert not any(may(role, op) for role in Role for op in SERVICE)
+    assert may(Role.SA, "agents.revoke") and not may(Role.DA, "agents.revoke")
+    raw = {"database": {"dsn": "dbname=x"}, "vault": {"socket": "/run/v", "keys_dir": "/k"}}
+    assert config_module.parse(raw).vault.policy_uids == frozenset()
+    raw["vault"]["policy_uids"] = [995]  # type: ignore[index]
+    assert config_module.parse(raw).vault.policy_uids == frozenset({995})
