@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ def site() -> Iterator[Site]:
         yield Site(app, da, sa, ma, mu)
     finally:
         app.stop()
+        shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 async def _call(app: LocalAppliance, op: str, args: dict[str, Any], session: str | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def site() -> Iterator[Site]:
         yield Site(app, provision(da, "sa-agents-web", "SA"))
     finally:
         app.stop()
+        shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 def vault(site: Site, op: str, args: dict[str, Any], session: str | None = None

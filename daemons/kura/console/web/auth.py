@@ -11,6 +11,7 @@ import segno
 from aiohttp import web
 
 from kura.console.api import VAULT
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultError
 from kura.console.web import admin, agents, ha, i18n, security
 from kura.console.web.accounts import home_context
@@ -131,7 +132,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     except VaultError as exc:
         if exc.vault_code == "sealed":
             raise web.HTTPSeeOther("/sealed") from exc
-        if exc.vault_code not in ("login_failed", "account_locked", "permission_denied"):
+        if exc.vault_code not in ("login_failed", "account_locked", "permission_denied",
+                                  "terminal_not_enrolled"):
             raise
         return render_page(
             request,
@@ -149,7 +151,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     security.set_cookie(response, security.SESSION_COOKIE, result["token"], None)
     response.del_cookie(security.PRE_COOKIE, path="/")
     # The user's own language from now on, also on the pages before sign-in.
-    me = await request.app[VAULT].call("whoami", {}, result["token"], address)
+    me = await request.app[VAULT].call(
+        "whoami", {}, result["token"], address, terminal_serial(request)
+    )
     security.set_cookie(
         response, security.LANG_COOKIE, i18n.pick_language(me.get("language")), 365 * 86400
     )

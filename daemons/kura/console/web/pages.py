@@ -140,7 +140,11 @@ async def visitor(request: web.Request) -> Visitor | None:
             request["kura.stopped"] = exc.vault_code == "audit_integrity"
             # A standby answers no one (not even "who am I"): no visitor, and
             # every page but the anonymous ones says where to go instead.
-            if exc.vault_code not in ("not_authenticated", "audit_integrity", "standby"):
+            # An MU's or MA's session away from its enrolled clerk PC (the
+            # policy's require_enrolled_terminal): no visitor, so sign-in again,
+            # where the vault says why.
+            if exc.vault_code not in ("not_authenticated", "audit_integrity", "standby",
+                                      "terminal_not_enrolled"):
                 raise
             request["kura.session_expired"] = exc.detail.get("why") is not None
     request["kura.visitor"] = found
