@@ -213,3 +213,26 @@ def test_a_compliant_clerk_pc_signs_in_and_a_revoked_one_is_refused_at_once(site
                    terminal=desk).detail["reason"] == "revoked"
     entry = next(e for e in refusals(site) if e["detail"]["reason"] == "revoked")
     assert entry["detail"]["standing"] == "revoked" and entry["detail"]["terminal"] == desk
+
+
+def test_the_json_api_offers_the_agent_operations(site: Site) -> None:
+    sa = site.sa
+    assert site.sa.anonymous().get("/agents/ca").json["ca_pem"].startswith("-----BEGIN")
+    made = sa.post("/agents/tokens", {"profile": "clerk-pc", "label": "api-pc", "minutes": 5})
+    assert made.status == 200 and made.json["command"].endswith(made.json["fingerprint"])
+    listed = sa.get("/agents/tokens").json["tokens"]
+    mine = next(t for t in listed if t["id"] == made.json["token_id"])
+    assert mine["state"] == "open" and made.json["token"] not in str(listed)
+    assert sa.post(f"/agents/tokens/{mine['id']}/withdraw").json["state"] == "withdrawn"
+
+    current = sa.get("/agents/policy/clerk-pc").json
+    refused = sa.put("/agents/policy/clerk-pc", {
+        "policy": current["policy"], "version": current["version"],
+        "tests": [{"from": "address:192.0.2.99", "to": "192.0.2.200", "port": 9,
+                   "proto": "tcp", "expect": "blocked"}]})
+    assert refused.status == 422 and refused.error_code == "policy_tests_failed"
+    assert refused.json["error"]["detail"]["failed"][0]["to"] == "192.0.2.200"
+    assert sa.get("/agents/policy/clerk-pc").json["version"] == current["version"]
+    assert isinstance(sa.get("/agents").json["agents"], list)
+    assert site.mu.get("/agents").error_code in ("permission_denied", "terminal_not_enrolled")
+    assert isinstance(site.da.get("/alerts").json["alerts"], list)
