@@ -66,6 +66,7 @@ WHY: dict[str, str] = {
     "not a protected port": N_("not a protected port"),
 }
 EXPECT_LABELS = {"reach": N_("reaches"), "blocked": N_("is blocked")}
+DEFAULT_MINUTES = 15  # a token's lifetime when the field is left empty (docs/agents.md)
 BLANK_ROWS = 3  # empty rows under the filled ones; "Add rows" gives three more
 MAX_ROWS = 200
 
@@ -169,7 +170,7 @@ async def token_create(request: web.Request) -> web.Response:
     typed = {"profile": text_field(data, "profile", 40), "label": text_field(data, "label", 100),
              "minutes": text_field(data, "minutes", 10)}
     try:
-        minutes = _whole(typed["minutes"], "minutes")
+        minutes = _whole(typed["minutes"], "minutes", empty=DEFAULT_MINUTES)
         made = await call(request, "agents.token_create", {
             "profile": typed["profile"], "label": typed["label"], "minutes": minutes})
     except (VaultError, AgentFormError) as exc:
