@@ -434,6 +434,7 @@ def test_policy_defaults_match_the_brief() -> None:
         "export_approval_threshold": 100,
         "allowed_networks": [],
         "audit_checkpoint_seconds": 5,
+        "require_enrolled_terminal": False,
     }
 
 

@@ -45,7 +45,8 @@ class FakeVault:
         self.gate: asyncio.Event | None = None
 
     async def call(self, op: str, args: dict[str, Any] | None = None,
-                   session: str | None = None, client: str = "") -> dict[str, Any]:
+                   session: str | None = None, client: str = "",
+                   terminal: str = "") -> dict[str, Any]:
         assert op == "subject.import" and session == "token-1" and args is not None
         if self.job is not None:
             self.progress.append(self.job.done)

@@ -60,6 +60,8 @@ CASES: list[tuple[str, Any, Any, bool]] = [
     ("allowed_networks", ["192.0.2.0/24"], ["2001:db8::/32"], True),
     ("audit_checkpoint_seconds", 5, 60, True),
     ("audit_checkpoint_seconds", 5, 1, False),
+    ("require_enrolled_terminal", True, False, True),  # MU/MA from any PC again: waits
+    ("require_enrolled_terminal", False, True, False),
 ]
 
 
@@ -95,6 +97,17 @@ def test_the_checkpoint_interval_is_a_setting() -> None:
         with pytest.raises(BadRequest) as raised:
             _policy(audit_checkpoint_seconds=bad)
         assert raised.value.detail["field"] == "audit_checkpoint_seconds"
+        assert raised.value.message_ja and raised.value.message_en
+
+
+def test_the_enrolled_terminal_rule_is_a_strict_boolean() -> None:
+    assert BASE.require_enrolled_terminal is False
+    assert accounts.POLICY_SCHEMA["properties"]["require_enrolled_terminal"]["type"] == "boolean"
+    assert _policy(require_enrolled_terminal=True).to_json()["require_enrolled_terminal"] is True
+    for bad in (1, "true", None):
+        with pytest.raises(BadRequest) as raised:
+            _policy(require_enrolled_terminal=bad)
+        assert raised.value.detail["field"] == "require_enrolled_terminal"
         assert raised.value.message_ja and raised.value.message_en
 
 
@@ -186,6 +199,7 @@ policies = st.fixed_dictionaries(
         **int_values,
         "mfa_roles": st.lists(st.sampled_from([r.value for r in Role]), unique=True),
         "allowed_networks": st.lists(small_nets, unique=True, max_size=3),
+        "require_enrolled_terminal": st.booleans(),
     },
 )
 

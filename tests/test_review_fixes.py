@@ -195,7 +195,8 @@ class RecordingVault:
         self.calls: list[dict[str, Any]] = []
 
     async def call(self, op: str, args: dict[str, Any] | None = None,
-                   session: str | None = None, client: str = "") -> dict[str, Any]:
+                   session: str | None = None, client: str = "",
+                   terminal: str = "") -> dict[str, Any]:
         assert op == "subject.import" and args is not None
         self.calls.append(args)
         return {"created": len(args["rows"]), "existing": 0, "rejected": [], "total": 0}

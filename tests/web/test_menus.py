@@ -45,11 +45,13 @@ USERS = ("/admin/users", "ユーザー管理")
 STATUS = ("/admin/status", "アプライアンスの状態")
 APPROVALS = ("/admin/approvals", "アカウント変更の承認")  # the DA's account proposals
 HA = ("/admin/ha", "冗長構成（HA ペア）")  # issue 11
+AGENTS = ("/admin/agents", "エージェント")  # issue 12
 
 MENUS: dict[str, set[tuple[str, str]]] = {
     "MU": {SEARCH, EXPORTS, REQUESTS, PAYEE, IMPORT, DISPOSAL, RETENTION},
     "MA": {SEARCH, EXPORTS, REQUESTS, DISPOSAL, RECORDS, RETENTION, LEDGER, APPROVALS},
-    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY, APPROVALS, HA},
+    "SA": {RECORDS, RETENTION, AUDIT, ACCESS, LEDGER, AUDIT_EXPORT, POLICY, APPROVALS, HA,
+           AGENTS},
     "DA": {USERS, STATUS, HA},
 }
 GROUPS: dict[str, set[str]] = {

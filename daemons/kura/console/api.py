@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultClient, VaultError
 from kura.core import api as schemas
 from kura.core import jsonbounds
@@ -505,6 +506,78 @@ ROUTES: tuple[Route, ...] = (
         "Planned switchover: the standby becomes primary (DA; refused when degraded)",
         tag="vault",
     ),
+    Route(
+        "GET",
+        "/agents/ca",
+        "agents.ca",
+        "The agent CA's certificate (PEM), its SHA-256 fingerprint and the bundle-signing key: "
+        "public values",
+        public=True,
+        tag="agents",
+    ),
+    Route(
+        "GET",
+        "/agents",
+        "agents.list",
+        "Enrolled agents: profile, address, last seen, enforced and newest bundle serial, "
+        "compliant or the problems (SA)",
+        tag="agents",
+    ),
+    Route(
+        "POST",
+        "/agents/{agent_id}/revoke",
+        "agents.revoke",
+        "Revoke an agent's certificate with a reason (SA)",
+        body=True,
+        tag="agents",
+    ),
+    Route(
+        "GET",
+        "/agents/tokens",
+        "agents.tokens",
+        "Enrolment tokens of the last days: open, used, expired or withdrawn, never the token (SA)",
+        tag="agents",
+    ),
+    Route(
+        "POST",
+        "/agents/tokens",
+        "agents.token_create",
+        "A one-time enrolment token for a profile, with the whole kura-agent enroll command; "
+        "shown once (SA)",
+        body=True,
+        tag="agents",
+    ),
+    Route(
+        "POST",
+        "/agents/tokens/{token_id}/withdraw",
+        "agents.token_withdraw",
+        "Withdraw an open enrolment token (SA)",
+        tag="agents",
+    ),
+    Route(
+        "GET",
+        "/agents/policy/{profile}",
+        "agents.policy_get",
+        "A profile's agent policy, its test cases, version and newest bundle serial (SA)",
+        tag="agents",
+    ),
+    Route(
+        "PUT",
+        "/agents/policy/{profile}",
+        "agents.policy_set",
+        "Save a profile's agent policy and test cases at the version read; refused, with the "
+        "failing cases, when a case fails (SA)",
+        body=True,
+        tag="agents",
+    ),
+    Route(
+        "GET",
+        "/alerts",
+        "alerts.list",
+        "Alerts of the endpoint agents: silent or not compliant, open and recently cleared "
+        "(DA, SA)",
+        tag="agents",
+    ),
 )
 
 
@@ -596,7 +669,11 @@ def make_handler(route: Route) -> Callable[[web.Request], Any]:
                 raise BadRequest(f"{name} must be {value}", f"{name} は {value} です。")
         client = request.remote or ""
         result = await request.app[VAULT].call(
-            route.op, args, None if route.public and route.op != "unseal" else token, client
+            route.op,
+            args,
+            None if route.public and route.op != "unseal" else token,
+            client,
+            terminal_serial(request),
         )
         if route.respond == "export":
             charset = "Shift_JIS" if result["encoding"] == "shift_jis" else "UTF-8"

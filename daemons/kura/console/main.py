@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ssl
 import sys
 
 from aiohttp import web
 
 from kura import config as config_module
+from kura.console import clientcert
+from kura.console.api import VAULT
 from kura.console.app import access_log_args, init_app
 from kura.daemon import run_main, run_until_stopped
 
@@ -18,9 +19,10 @@ async def serve(config_path: str | None) -> None:
     app = init_app(config)
     context = None
     if config.console.cert and config.console.key:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(config.console.cert, config.console.key)
+        # Every browser is asked for a client certificate (optional): an
+        # enrolled clerk PC's, verified once the vault gives the agent CA.
+        context = clientcert.server_context(config.console.cert, config.console.key)
+        app.cleanup_ctx.append(clientcert.trust_agent_ca(context, lambda: app[VAULT]))
     runner = web.AppRunner(app, **access_log_args())
     await runner.setup()
     site = web.TCPSite(
@@ -31,6 +33,7 @@ async def serve(config_path: str | None) -> None:
         await run_until_stopped(f"listening on {config.console.listen}:{config.console.port}")
     finally:
         await runner.cleanup()
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

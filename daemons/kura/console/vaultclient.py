@@ -71,10 +71,13 @@ class VaultClient:
         args: dict[str, Any] | None = None,
         session: str | None = None,
         client: str = "",
+        terminal: str = "",
     ) -> dict[str, Any]:
         request = {"id": next(self._ids), "op": op, "args": args or {}, "client": client}
         if session:
             request["session"] = session
+        if terminal:  # the browser's verified client-certificate serial (clientcert)
+            request["terminal"] = terminal
         try:
             line = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         except UnicodeEncodeError:

@@ -129,6 +129,10 @@ class SecurityPolicy:
     export_approval_threshold: int = 100
     allowed_networks: tuple[str, ...] = ()
     audit_checkpoint_seconds: int = 5
+    # MU and MA only from an enrolled, compliant clerk PC (docs/agents.md):
+    # the console passes the browser's client-certificate serial, the vault
+    # asks kura.vault.agents for its standing.
+    require_enrolled_terminal: bool = False
 
     def __post_init__(self) -> None:
         for name, (low, high, _, _) in _INT_FIELDS.items():
@@ -162,6 +166,7 @@ class SecurityPolicy:
         body: dict[str, Any] = {name: getattr(self, name) for name in _INT_FIELDS}
         body["mfa_roles"] = [role.value for role in Role if role in self.mfa_roles]
         body["allowed_networks"] = list(self.allowed_networks)
+        body["require_enrolled_terminal"] = self.require_enrolled_terminal
         return body
 
     @classmethod
@@ -194,6 +199,15 @@ class SecurityPolicy:
             values["mfa_roles"] = _parse_roles(data["mfa_roles"])
         if "allowed_networks" in data:
             values["allowed_networks"] = _parse_networks(data["allowed_networks"])
+        if "require_enrolled_terminal" in data:
+            flag = data["require_enrolled_terminal"]
+            if not isinstance(flag, bool):
+                raise _field_error(
+                    "require_enrolled_terminal",
+                    "true か false で指定してください。",
+                    "must be true or false.",
+                )
+            values["require_enrolled_terminal"] = flag
         current = base if base is not None else cls()
         merged = {f.name: values.get(f.name, getattr(current, f.name)) for f in fields(cls)}
         return cls(**merged)
@@ -288,6 +302,14 @@ POLICY_SCHEMA: dict[str, Any] = {
             "default": [],
             "title": "Networks (CIDR) clients may connect from; empty: any",
             "description": "接続を許可する端末のネットワーク（CIDR）。空なら制限なし",
+        },
+        "require_enrolled_terminal": {
+            "type": "boolean",
+            "default": False,
+            "title": "MU and MA only from enrolled, compliant clerk PCs",
+            "description": (
+                "マイナンバー利用者・管理者は登録済みで準拠している事務端末からのみ利用可"
+            ),
         },
     },
 }

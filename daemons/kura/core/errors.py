@@ -104,6 +104,22 @@ class PermissionDenied(KuraError):
     en = "Your role is not allowed to do this."
 
 
+class TerminalNotEnrolled(PermissionDenied):
+    """The security policy lets MU and MA work only from an enrolled, compliant
+    clerk PC (``require_enrolled_terminal``), and this browser is not on one,
+    or not on the one its session signed in from."""
+
+    code = "terminal_not_enrolled"
+    ja = (
+        "この端末からは利用できません。マイナンバー利用者・管理者は、登録済みで"
+        "ポリシーに準拠している事務端末からのみ利用できます。"
+    )
+    en = (
+        "Not from this terminal: MyNumber Users and Admins work only from an enrolled "
+        "clerk PC that meets its policy."
+    )
+
+
 class PurposeRequired(KuraError):
     """Reveal and export need a declared purpose that the subject allows."""
 

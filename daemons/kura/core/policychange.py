@@ -26,7 +26,9 @@ What "weaker" means for each field:
 - ``allowed_networks``: weaker if any address is allowed afterwards that was
   not before; an empty list allows any address and is the widest;
 - ``audit_checkpoint_seconds``: longer is weaker (a longer stretch of the
-  audit chain that is not yet signed).
+  audit chain that is not yet signed);
+- ``require_enrolled_terminal``: turning it off is weaker (MU and MA may
+  then sign in from any PC again); turning it on applies at once.
 
 A field is judged as a whole: an edit of ``mfa_roles`` that adds MA and
 removes MU waits entirely for the second person.
@@ -145,6 +147,7 @@ WEAKER: dict[str, Callable[[Any, Any], bool]] = {
     "export_approval_threshold": _larger_is_weaker,
     "allowed_networks": lambda old, new: not covers(old, new),
     "audit_checkpoint_seconds": _larger_is_weaker,
+    "require_enrolled_terminal": lambda old, new: bool(old) and not new,
 }
 
 

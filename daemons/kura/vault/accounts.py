@@ -29,9 +29,10 @@ from kura.vault.base import (
     safe_actor_name,
 )
 from kura.vault.store import Row
+from kura.vault.terminals import TerminalRule
 
 
-class AccountOperations(AccountApprovalOperations):
+class AccountOperations(AccountApprovalOperations, TerminalRule):
     @operation("bootstrap_da")
     async def bootstrap_da(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
         password = args.get("password") or one_time_password()
@@ -85,6 +86,11 @@ class AccountOperations(AccountApprovalOperations):
             secret = self._open_totp(user, "totp_secret_ct")
             totp_step = accounts.totp_verify(secret, code, now, user["totp_last_step"])
             good = totp_step is not None
+        if good:
+            # The enrolled-terminal rule (kura.core.terminals), judged once the
+            # credentials are right: a refusal tells nothing about an account
+            # to someone who does not know its password.
+            await self.refuse_terminal(caller, username, role, None)
         async with self.store.transaction() as tx:
             locked = await tx.user_by_name(username, lock=True)
             assert locked is not None
@@ -110,7 +116,9 @@ class AccountOperations(AccountApprovalOperations):
                     await tx.set_totp_last_step(locked["id"], totp_step)
                 token, digest = accounts.new_session_token()
                 mfa_done = totp_step is not None
-                row = await tx.insert_session(digest, locked["id"], caller.client, mfa_done, now)
+                row = await tx.insert_session(
+                    digest, locked["id"], caller.client, mfa_done, now, caller.terminal
+                )
                 await tx.append_audit(
                     actor=username,
                     role=str(role),
@@ -136,6 +144,7 @@ class AccountOperations(AccountApprovalOperations):
             restriction=restriction,
             language=locked["language"],
             display_name=locked["display_name"],
+            terminal=caller.terminal,
         )
         self.sessions[digest] = session
         return {

@@ -43,6 +43,7 @@ class Session:
     restriction: str | None  # "password" | "mfa" | None
     language: str = "ja"
     display_name: str = ""
+    terminal: str = ""  # the client-certificate serial it signed in with (kura.core.terminals)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Caller:
     client: str
     peer_uid: int
     session: Session | None = None
+    terminal: str = ""  # the browser's verified client-certificate serial (kura-console)
     service: str = ""  # a daemon calling a service operation: "kura-policy"
 
     @property
@@ -210,6 +212,12 @@ class VaultBase:
             "number_bidx": bidx or keys.blind_index("my_number", subject.number),
             "created_by": actor,
         }
+
+    async def terminal_standing(self, serial_hex: str) -> str:
+        """What the enrolled agents say of a client-certificate serial:
+        "compliant", "noncompliant", "revoked" or "unknown" (kura.vault.agents
+        answers; without it no terminal is known)."""
+        return "unknown"
 
     def _forget_user_sessions(self, user_id: int) -> None:
         for digest, s in list(self.sessions.items()):

@@ -1,7 +1,8 @@
 """kura-vault's socket: newline-delimited JSON over a Unix socket.
 
 A request is one line ``{"id": 1, "op": "subject.lookup", "session": "...",
-"client": "192.0.2.1", "args": {...}}``; the answer is one line
+"client": "192.0.2.1", "terminal": "3f2a…", "args": {...}}`` (``terminal``: the
+browser's client-certificate serial, when it showed one); the answer is one line
 ``{"id": 1, "ok": true, "result": {...}}`` or ``{"id": 1, "ok": false,
 "status": 403, "error": {"code": ..., "message": ..., "message_en": ...}}``.
 
@@ -21,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from kura.core import jsonbounds
+from kura.core import jsonbounds, terminals
 from kura.core.errors import BadRequest, KuraError
 from kura.vault.service import Vault
 
@@ -105,8 +106,11 @@ class VaultServer:
             token, client = request.get("session"), request.get("client", "local")
             if token is not None and not isinstance(token, str):
                 raise BadRequest("session must be a string", "セッションは文字列です。")
+            # The browser's verified client-certificate serial (kura-console);
+            # anything but hex counts as no certificate.
+            terminal = terminals.normalise_serial(str(request.get("terminal", "")))
             result = await self.vault.call(
-                request["op"], request.get("args", {}), token, str(client)[:64], uid
+                request["op"], request.get("args", {}), token, str(client)[:64], uid, terminal
             )
             return {"id": request_id, "ok": True, "result": result}
         except KuraError as exc:

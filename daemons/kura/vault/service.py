@@ -269,10 +269,16 @@ class Vault(
     # --- the dispatcher ------------------------------------------------------
 
     async def call(
-        self, op: str, args: Any, token: str | None, client: str, peer_uid: int
+        self,
+        op: str,
+        args: Any,
+        token: str | None,
+        client: str,
+        peer_uid: int,
+        terminal: str = "",
     ) -> dict[str, Any]:
         try:
-            return await self._judged(op, args, token, client, peer_uid)
+            return await self._judged(op, args, token, client, peer_uid, terminal)
         except Standby:
             if self.role != STANDBY:
                 # A write refused as read-only: the database is a standby now.
@@ -283,21 +289,21 @@ class Vault(
             raise
 
     async def _judged(
-        self, op: str, args: Any, token: str | None, client: str, peer_uid: int
+        self, op: str, args: Any, token: str | None, client: str, peer_uid: int, terminal: str
     ) -> dict[str, Any]:
         try:
-            return await self._call(op, args, token, client, peer_uid)
+            return await self._call(op, args, token, client, peer_uid, terminal)
         except ChainDiverged as exc:
             # The database no longer extends the trusted head: record it and
             # stop; then the call is judged again as the integrity state allows.
             await self.diverged(exc)
         try:
-            return await self._call(op, args, token, client, peer_uid)
+            return await self._call(op, args, token, client, peer_uid, terminal)
         except ChainDiverged:
             raise self.refuse_in_fault() from None
 
     async def _call(
-        self, op: str, args: Any, token: str | None, client: str, peer_uid: int
+        self, op: str, args: Any, token: str | None, client: str, peer_uid: int, terminal: str
     ) -> dict[str, Any]:
         handler = self.handlers.get(op)
         if handler is None:
@@ -306,7 +312,7 @@ class Vault(
             # Before anything that could write (a refusal's audit entry, a
             # session's last-seen time): a standby writes nothing.
             raise Standby()
-        caller = Caller(client=client or "local", peer_uid=peer_uid)
+        caller = Caller(client=client or "local", peer_uid=peer_uid, terminal=terminal)
         valid = api.validate(op, args if args is not None else {})
         # whoami needs no key (sessions are digests in the database): the
         # console asks it while sealed to show a DA or SA the unseal page.
@@ -349,6 +355,8 @@ class Vault(
             return await handler(caller, valid)
         session = await self._session(token, caller)
         caller = replace(caller, session=session)
+        if op != "logout":  # signing out is always allowed
+            await self.refuse_terminal(caller, session.username, session.role, session.terminal)
         if session.restriction and op not in SELF:
             raise ActionRequired(required=session.restriction)
         if not may(session.role, op):
@@ -411,6 +419,7 @@ class Vault(
                 restriction=self._restriction(row, bool(row["mfa_done"])),
                 language=row["language"],
                 display_name=row["display_name"],
+                terminal=row["terminal"],
             )
         expired = accounts.session_expired(
             self.policy, accounts.SessionTimes(session.created, session.last_seen), now

@@ -739,20 +739,26 @@ class Tx:
         )
 
     async def insert_session(
-        self, digest: bytes, user_id: int, client: str, mfa_done: bool, at: datetime
+        self,
+        digest: bytes,
+        user_id: int,
+        client: str,
+        mfa_done: bool,
+        at: datetime,
+        terminal: str = "",
     ) -> Row:
         # ``at`` is the vault's clock, the one that later judges the session's age.
         row = await self.one(
-            "INSERT INTO sessions (token_digest, user_id, client, mfa_done, created_at, last_seen)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING created_at, last_seen",
-            (digest, user_id, client, mfa_done, at, at),
+            "INSERT INTO sessions (token_digest, user_id, client, mfa_done, created_at, last_seen,"
+            " terminal) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING created_at, last_seen",
+            (digest, user_id, client, mfa_done, at, at, terminal),
         )
         assert row is not None
         return row
 
     async def session(self, digest: bytes) -> Row | None:
         return await self.one(
-            "SELECT s.token_digest, s.created_at, s.last_seen, s.client, s.mfa_done,"
+            "SELECT s.token_digest, s.created_at, s.last_seen, s.client, s.mfa_done, s.terminal,"
             " u.id AS user_id, u.username, u.role, u.disabled, u.must_change_password,"
             " u.password_changed_at, u.totp_secret_ct IS NOT NULL AS totp_enrolled,"
             " u.language, u.display_name"

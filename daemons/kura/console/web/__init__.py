@@ -12,7 +12,9 @@ catalogs live in ``webui/``; the views live in one module per area:
   the audit bundle;
 - ``admin``: users, the security policy, the appliance's status;
 - ``pairing``: pairing an HA standby (the DA proposes, an SA approves);
-- ``ha``: the HA pair's page and its planned switchover.
+- ``ha``: the HA pair's page and its planned switchover;
+- ``agents``: endpoint agents (SA): the list, enrolment tokens, the
+  per-profile policy with its test cases.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from kura.console.web.rendering import make_environments
 
 AREAS = (
     "auth", "collect", "payees", "use", "disposal", "reports", "admin", "integrity", "accounts",
-    "pairing", "ha",
+    "pairing", "ha", "agents",
 )
 
 

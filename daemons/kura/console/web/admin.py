@@ -236,6 +236,7 @@ POLICY_LABELS: dict[str, str] = {
     "export_approval_threshold": N_("Rows an export may have without approval"),
     "allowed_networks": N_("Allowed client networks"),
     "audit_checkpoint_seconds": N_("Audit chain signed every (seconds)"),
+    "require_enrolled_terminal": N_("MU and MA only from enrolled, compliant clerk PCs"),
 }
 
 
@@ -244,6 +245,7 @@ def _policy_form(policy: dict[str, Any]) -> dict[str, Any]:
     shown: dict[str, Any] = {name: str(policy[name]) for name in INT_FIELDS}
     shown["mfa_roles"] = list(policy["mfa_roles"])
     shown["allowed_networks"] = "\n".join(policy["allowed_networks"])
+    shown["require_enrolled_terminal"] = bool(policy.get("require_enrolled_terminal", False))
     return shown
 
 
@@ -269,6 +271,8 @@ def _shown_value(request: web.Request, name: str, value: Any) -> str:
         return ", ".join(labels) if labels else str(_("nobody"))
     if name == "allowed_networks":
         return ", ".join(value) if value else str(_("any network"))
+    if name == "require_enrolled_terminal":
+        return str(_("required") if value else _("not required"))
     if name == "max_age_days" and value == 0:
         return str(_("never expires"))
     return str(value)
@@ -373,6 +377,8 @@ def _read_policy(data: MultiDictProxy[Any]) -> tuple[dict[str, Any], dict[str, A
             field="allowed_networks",
         )
     body["allowed_networks"] = lines
+    shown["require_enrolled_terminal"] = data.get("require_enrolled_terminal") == "on"
+    body["require_enrolled_terminal"] = shown["require_enrolled_terminal"]
     return shown, body
 
 

@@ -11,8 +11,9 @@ import segno
 from aiohttp import web
 
 from kura.console.api import VAULT
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultError
-from kura.console.web import admin, ha, i18n, security
+from kura.console.web import admin, agents, ha, i18n, security
 from kura.console.web.accounts import home_context
 from kura.console.web.pages import (
     WEB,
@@ -63,9 +64,11 @@ async def home(request: web.Request) -> web.Response:
     account_notes = {} if stopped else await home_context(request, who)
     # The DA and the SA see the HA pair's role changes.
     ha_changes = [] if stopped else await ha.home_changes(request, who)
+    # The SA sees how many endpoint agents are silent or not compliant.
+    agent_notes = {} if stopped else await agents.home_notes(request, who)
     return render_page(
         request, "home.html", vault=status, policy_changes=changes, account_notes=account_notes,
-        ha_changes=ha_changes,
+        ha_changes=ha_changes, agent_notes=agent_notes,
     )
 
 
@@ -129,7 +132,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     except VaultError as exc:
         if exc.vault_code == "sealed":
             raise web.HTTPSeeOther("/sealed") from exc
-        if exc.vault_code not in ("login_failed", "account_locked", "permission_denied"):
+        if exc.vault_code not in ("login_failed", "account_locked", "permission_denied",
+                                  "terminal_not_enrolled"):
             raise
         return render_page(
             request,
@@ -147,7 +151,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     security.set_cookie(response, security.SESSION_COOKIE, result["token"], None)
     response.del_cookie(security.PRE_COOKIE, path="/")
     # The user's own language from now on, also on the pages before sign-in.
-    me = await request.app[VAULT].call("whoami", {}, result["token"], address)
+    me = await request.app[VAULT].call(
+        "whoami", {}, result["token"], address, terminal_serial(request)
+    )
     security.set_cookie(
         response, security.LANG_COOKIE, i18n.pick_language(me.get("language")), 365 * 86400
     )

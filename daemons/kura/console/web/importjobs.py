@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from kura.console.api import VAULT
+from kura.console.clientcert import terminal_serial
 from kura.core.errors import KuraError
 from kura.core.importer import ImportRecord, ImportResult, Rejection
 from kura.core.subjects import SubjectInput
@@ -67,6 +68,7 @@ class VaultCaller(Protocol):
         args: dict[str, Any] | None = None,
         session: str | None = None,
         client: str = "",
+        terminal: str = "",
     ) -> dict[str, Any]: ...
 
 
@@ -121,7 +123,9 @@ class ImportJob:
             "redirect": f"/payees/import/{self.id}",
         }
 
-    async def run(self, vault: VaultCaller, session: str, client: str) -> None:
+    async def run(
+        self, vault: VaultCaller, session: str, client: str, terminal: str = ""
+    ) -> None:
         """Send the pending rows to the vault, batch by batch."""
         size = batch_size(len(self.pending))
         # The rows refused while reading the file go with the first batch, so
@@ -130,7 +134,11 @@ class ImportJob:
         try:
             if not self.pending and unreported:
                 await vault.call(
-                    "subject.import", {"rows": [], "refused_on_parse": unreported}, session, client
+                    "subject.import",
+                    {"rows": [], "refused_on_parse": unreported},
+                    session,
+                    client,
+                    terminal=terminal,
                 )
             while self.pending:
                 batch = self.pending[:size]
@@ -138,7 +146,9 @@ class ImportJob:
                 args: dict[str, Any] = {"rows": rows}
                 if unreported:
                     args["refused_on_parse"], unreported = unreported, 0
-                answer = await vault.call("subject.import", args, session, client)
+                answer = await vault.call(
+                    "subject.import", args, session, client, terminal=terminal
+                )
                 del self.pending[:size]
                 del rows
                 lines = [record.line for record in batch]
@@ -184,6 +194,7 @@ class ImportJobs:
         vault: VaultCaller,
         session: str,
         client: str,
+        terminal: str = "",
     ) -> ImportJob:
         """A new job for ``parsed``, already running. Raises ImportBusy."""
         self.sweep()
@@ -202,7 +213,9 @@ class ImportJobs:
             pending=pending,
         )
         self._jobs[job.id] = job
-        task = asyncio.create_task(job.run(vault, session, client), name=f"import {job.id}")
+        task = asyncio.create_task(
+            job.run(vault, session, client, terminal), name=f"import {job.id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
@@ -254,5 +267,5 @@ def setup(app: web.Application) -> None:
 
 def start_job(request: web.Request, owner: str, parsed: ImportResult, session: str) -> ImportJob:
     return request.app[IMPORT_JOBS].start(
-        owner, parsed, request.app[VAULT], session, request.remote or ""
+        owner, parsed, request.app[VAULT], session, request.remote or "", terminal_serial(request)
     )

@@ -44,6 +44,7 @@ MENU: tuple[MenuItem, ...] = (
     ),
     MenuItem("/admin/status", N_("Appliance status"), frozenset({DA}), N_("Administration")),
     MenuItem("/admin/ha", N_("HA pair"), frozenset({DA, SA}), N_("Administration")),
+    MenuItem("/admin/agents", N_("Agents"), frozenset({SA}), N_("Administration")),
 )
 
 

@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from kura.console.api import VAULT
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultError
 from kura.console.web import i18n, security
 from kura.console.web.menu import menu_for
@@ -104,7 +105,11 @@ async def call(request: web.Request, op: str, args: dict[str, Any] | None = None
     vault says of its role (an HA pair's standby) is noted for the banner."""
     try:
         result = await request.app[VAULT].call(
-            op, args or {}, session_token(request), client_address(request)
+            op,
+            args or {},
+            session_token(request),
+            client_address(request),
+            terminal_serial(request),
         )
     except VaultError as exc:
         if exc.vault_code == "standby":
@@ -135,7 +140,11 @@ async def visitor(request: web.Request) -> Visitor | None:
             request["kura.stopped"] = exc.vault_code == "audit_integrity"
             # A standby answers no one (not even "who am I"): no visitor, and
             # every page but the anonymous ones says where to go instead.
-            if exc.vault_code not in ("not_authenticated", "audit_integrity", "standby"):
+            # An MU's or MA's session away from its enrolled clerk PC (the
+            # policy's require_enrolled_terminal): no visitor, so sign-in again,
+            # where the vault says why.
+            if exc.vault_code not in ("not_authenticated", "audit_integrity", "standby",
+                                      "terminal_not_enrolled"):
                 raise
             request["kura.session_expired"] = exc.detail.get("why") is not None
     request["kura.visitor"] = found
