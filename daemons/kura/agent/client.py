@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import ssl
 import time
 from datetime import UTC, datetime
@@ -37,19 +39,30 @@ DEFAULT_HEARTBEAT, DEFAULT_PULL = 30, 60
 
 
 class Notifier:
-    """systemd notifications through sdnotify when it is installed (Kura's
-    own dependency, not the agent's); silent otherwise."""
+    """systemd notifications (READY, WATCHDOG): through sdnotify when it is
+    installed (Kura's own dependency, not the agent's), else the same one
+    datagram to $NOTIFY_SOCKET from the standard library; silent outside systemd."""
 
     def __init__(self) -> None:
+        self._n: Any = None
         try:
             import sdnotify  # optional on endpoints
-            self._n: Any = sdnotify.SystemdNotifier()
+            self._n = sdnotify.SystemdNotifier()
         except ImportError:
-            self._n = None
+            pass
 
     def send(self, state: str) -> None:
         if self._n is not None:
             self._n.notify(state)
+            return
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if not address:
+            return
+        if address.startswith("@"):
+            address = "\0" + address[1:]  # an abstract socket
+        with contextlib.suppress(OSError), \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
 
 
 class Agent:
