@@ -40,6 +40,9 @@ commands:
   test    build the image (if stale), then run every test: ruff, mypy, and
           pytest against a real PostgreSQL and the image booted in QEMU.
           Extra arguments go to pytest (e.g. ./build.sh test -k numbers).
+  agent-deb
+          build kura-agent's Debian package for clerk PCs and business
+          servers: out/kura-agent_<version>_all.deb (docs/agents.md)
   help    show this text
 USAGE
 }
@@ -161,12 +164,18 @@ cmd_test() {
     KURA_IMAGE_TESTS=1 "$venv/bin/python" -m pytest "$@"
 }
 
+cmd_agent_deb() {
+    command -v dpkg-deb >/dev/null || die "dpkg-deb is missing" "apt-get install dpkg"
+    python3 packaging/agent/build_deb.py --out out
+}
+
 case "${1:-help}" in
     run) shift; cmd_run "$@" ;;
     image) shift; cmd_image ;;
     image-lock) shift; cmd_image_lock ;;
     verify-repro) shift; cmd_verify_repro ;;
     dev) shift; cmd_dev "$@" ;;
+    agent-deb) shift; cmd_agent_deb ;;
     test) shift; cmd_test "$@" ;;
     help|-h|--help) usage ;;
     *) usage >&2; exit 2 ;;

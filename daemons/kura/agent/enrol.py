@@ -147,7 +147,19 @@ def _check_certificate(certificate: str, chain: str, ca_pem: str,
     try:
         intermediate = x509.load_pem_x509_certificate(chain.encode())
         root = x509.load_pem_x509_certificate(ca_pem.encode())
-        leaf.verify_directly_issued_by(intermediate)
-        intermediate.verify_directly_issued_by(root)
+        _issued_by(leaf, intermediate)
+        _issued_by(intermediate, root)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise EnrolRefused("the certificate does not chain to the pinned CA") from exc
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> None:
+    """``InvalidSignature`` unless ``issuer``'s key signed ``certificate`` (all
+    of the agent CA's keys are ECDSA; by hand because Debian 12's cryptography
+    lacks ``verify_directly_issued_by``)."""
+    key = issuer.public_key()
+    algorithm = certificate.signature_hash_algorithm
+    if certificate.issuer != issuer.subject or not isinstance(key, ec.EllipticCurvePublicKey) \
+            or algorithm is None:
+        raise InvalidSignature("not issued by the pinned CA")
+    key.verify(certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(algorithm))
