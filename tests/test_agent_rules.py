@@ -125,7 +125,8 @@ def test_security_updates_counts_only_security_inst_lines() -> None:
 
 
 def block_tree(root: Path, devices: dict[str, tuple[str, str, list[str]]]) -> Path:
-    """/sys/class/block: name → (major:minor, dm uuid or "", slaves)."""
+    """/sys/class/block: name → (major:minor, dm uuid or "", slaves); a dm
+    device's dm/name is its uuid's last part."""
     sys_block = root / "sys/class/block"
     for name, (dev, uuid, slaves) in devices.items():
         entry = sys_block / name
@@ -134,14 +135,15 @@ def block_tree(root: Path, devices: dict[str, tuple[str, str, list[str]]]) -> Pa
         if uuid:
             (entry / "dm").mkdir()
             (entry / "dm/uuid").write_text(uuid + "\n")
+            (entry / "dm/name").write_text(uuid.rpartition("-")[2] + "\n")
         for slave in slaves:
             (entry / "slaves" / slave).mkdir()
     return sys_block
 
 
-def mountinfo(root: Path, device: str) -> Path:
+def mountinfo(root: Path, device: str, source: str = "/dev/x", fs: str = "ext4") -> Path:
     path = root / "mountinfo"
-    path.write_text(f"22 1 {device} / / rw,relatime shared:1 - ext4 /dev/x rw\n"
+    path.write_text(f"22 1 {device} / / rw,relatime shared:1 - {fs} {source} rw\n"
                     "23 22 0:5 / /dev rw shared:2 - devtmpfs udev rw\n")
     return path
 
@@ -154,6 +156,11 @@ def test_root_on_lvm_on_luks_is_encrypted(tmp_path: Path) -> None:
     })
     assert posture.disk_encrypted(mountinfo(tmp_path, "254:1"), sys_block) is True
     assert posture.disk_encrypted(mountinfo(tmp_path, "254:0"), sys_block) is True
+    # btrfs shows an anonymous device number; the source names the mapping.
+    assert posture.disk_encrypted(mountinfo(tmp_path, "0:27", "/dev/mapper/sda2_crypt",
+                                            "btrfs"), sys_block) is True
+    assert posture.disk_encrypted(mountinfo(tmp_path, "0:27", "/dev/sda2", "btrfs"),
+                                  sys_block) is False
 
 
 def test_root_on_plain_disk_or_plain_lvm_is_not(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kura.agent import enrol, nft
+from kura.agent import enrol, nft, posture
 from kura.agent.client import Agent
 from kura.agent.enforce import Enforcer
 from kura.agent.errors import AgentError
@@ -52,7 +52,7 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, public: Any,
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+    if usage is not None and not ca:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
     if ca:
@@ -71,7 +71,8 @@ class StandIn:
     """The stand-in for kura-policy: CA, intermediate, server certificate,
     the routes of the wire, and what the agent sent."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, server_usage: Any = ExtendedKeyUsageOID.SERVER_AUTH,
+                 foreign_server: bool = False) -> None:
         self.root_key = ec.generate_private_key(ec.SECP256R1())
         self.root = _cert("Kura agent root CA", self.root_key, self.root_key.public_key(),
                           None, ca=True)
@@ -79,8 +80,11 @@ class StandIn:
         self.mid = _cert("Kura agent issuing CA", self.root_key, self.mid_key.public_key(),
                          self.root.subject, ca=True)
         server_key = ec.generate_private_key(ec.SECP256R1())
-        server = _cert("kura", self.mid_key, server_key.public_key(), self.mid.subject,
-                       ca=False, usage=ExtendedKeyUsageOID.SERVER_AUTH)
+        # foreign_server: signed by a key that is not the intermediate's (an impostor
+        # with a certificate of its own that names the same issuer).
+        signer = ec.generate_private_key(ec.SECP256R1()) if foreign_server else self.mid_key
+        server = _cert("kura", signer, server_key.public_key(), self.mid.subject,
+                       ca=False, usage=server_usage)
         (tmp / "server.pem").write_text(pem(server) + pem(self.mid))
         (tmp / "server.key").write_bytes(server_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -93,6 +97,7 @@ class StandIn:
             self.root.public_bytes(serialization.Encoding.DER)).hexdigest()
         self.envelopes: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
+        self.tokens: list[str] = []
         self.stream_open = asyncio.Event()
         self.sockets: list[web.WebSocketResponse] = []
 
@@ -115,6 +120,7 @@ class StandIn:
 
     async def enrol(self, request: web.Request) -> web.Response:
         data = await request.json()
+        self.tokens.append(data.get("token"))
         if data.get("token") != "good-token":
             return web.json_response({"error": {"code": "enrol_refused", "detail": "unknown"}},
                                      status=403)
@@ -176,9 +182,12 @@ async def until(predicate: Any, seconds: float = 10.0) -> None:
 
 @pytest.fixture
 def applied(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The transactions the agent would hand to the kernel."""
+    """The transactions the agent would hand to the kernel. (apt's simulation
+    is replaced too: it is slow and counts this host's updates; posture is
+    tested on fixtures in test_agent_rules.py.)"""
     seen: list[dict[str, Any]] = []
     monkeypatch.setattr(nft, "run", seen.append)
+    monkeypatch.setattr(posture, "security_updates", lambda: 4)
     return seen
 
 
@@ -214,6 +223,10 @@ async def _enrol_stream_and_pull(tmp_path: Path, applied: list[dict[str, Any]]) 
         await until(lambda: state.bundle_file.exists())
         assert applied and json.loads(state.bundle_file.read_text()) == stand_in.envelopes[0]
         await until(lambda: any(h["policy_serial"] == 1 for h in stand_in.heartbeats))
+        report = next(h for h in stand_in.heartbeats if h["policy_serial"] == 1)
+        assert report["security_updates"] == 4 and report["os_release"]
+        assert set(report) == {"policy_serial", "os_release", "security_updates",
+                               "disk_encrypted", "usb_events", "refused", "usbguard"}
         assert state.contact() is not None
         # A forged push is refused, nothing applied, and reported at the next heartbeat.
         forged = bundle.sign(stand_in.body(2, allow=[{"to": "0.0.0.0/0", "proto": "any"}]),
@@ -256,3 +269,26 @@ def test_stream_without_client_certificate_is_refused(tmp_path: Path) -> None:
             await runner.cleanup()
 
     assert asyncio.run(run()) == 403
+
+
+@pytest.mark.parametrize(("usage", "foreign"), [
+    (ExtendedKeyUsageOID.CLIENT_AUTH, False),  # a client certificate posing as the server
+    (ExtendedKeyUsageOID.SERVER_AUTH, True),  # not issued by the pinned CA's intermediate
+], ids=["client-eku", "foreign-issuer"])
+def test_enrol_sends_no_token_to_a_server_the_pin_does_not_vouch_for(
+        tmp_path: Path, usage: Any, foreign: bool) -> None:
+    async def run() -> None:
+        stand_in = StandIn(tmp_path, server_usage=usage, foreign_server=foreign)
+        runner, url = await serve(stand_in)
+        state = State(tmp_path / "state")
+        try:
+            with pytest.raises(AgentError, match="cannot reach") as failed:
+                await asyncio.to_thread(enrol.enroll, state, url, "good-token",
+                                        stand_in.fingerprint, "pc-1")
+            assert "CERTIFICATE_VERIFY_FAILED" in str(failed.value)
+            assert stand_in.tokens == []
+            assert not state.identity_file.exists()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())

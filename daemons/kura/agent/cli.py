@@ -100,7 +100,10 @@ def _apply(state: State, enforcer: Enforcer, file: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # The run loop logs its steps (to the journal); one-shot commands print
+    # their own one line and log only what went wrong.
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.ERROR,
+                        format="%(levelname)s %(message)s")
     state = State(args.state)
     enforcer = Enforcer(state, args.usbguard_rules)
     try:

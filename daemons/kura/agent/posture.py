@@ -49,13 +49,15 @@ def security_updates(command: tuple[str, ...] = APT_SIMULATE) -> int | None:
     return count_security_updates(done.stdout) if done.returncode == 0 else None
 
 
-def _root_device(mountinfo: str) -> str | None:
-    """``major:minor`` of the file system mounted on / (the last such mount wins)."""
+def _root_mount(mountinfo: str) -> tuple[str, str] | None:
+    """``(major:minor, source)`` of the file system mounted on / (the last
+    such mount wins)."""
     found = None
     for line in mountinfo.splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[4] == "/":
-            found = fields[2]
+            after = fields[fields.index("-") + 1:] if "-" in fields else []
+            found = (fields[2], after[1] if len(after) > 1 else "")
     return found
 
 
@@ -77,19 +79,32 @@ def _on_luks(name: str, sys_block: Path, seen: set[str]) -> bool:
                                    for slave in sorted(slaves.iterdir()))
 
 
+def _block_name(sys_block: Path, device: str, source: str) -> str | None:
+    """The /sys/class/block entry of the root file system: by device number,
+    or, where that is an anonymous one (btrfs reports 0:NN), by the mount's
+    source (/dev/mapper/NAME is matched against dm/name, /dev/X against X)."""
+    mapper = source.removeprefix("/dev/mapper/") if source.startswith("/dev/mapper/") else None
+    for entry in sorted(sys_block.iterdir()):
+        try:
+            if (entry / "dev").read_text().strip() == device:
+                return entry.name
+            if mapper is not None and (entry / "dm/name").read_text().strip() == mapper:
+                return entry.name
+        except OSError:
+            continue
+    if source.startswith("/dev/") and (sys_block / source.removeprefix("/dev/")).exists():
+        return source.removeprefix("/dev/")
+    return None
+
+
 def disk_encrypted(mountinfo: Path = Path("/proc/self/mountinfo"),
                    sys_block: Path = Path("/sys/class/block")) -> bool:
     """Whether / sits on dm-crypt with LUKS, following device-mapper slaves."""
     try:
-        device = _root_device(mountinfo.read_text())
+        mount = _root_mount(mountinfo.read_text())
     except OSError:
         return False
-    if device is None or not sys_block.is_dir():
+    if mount is None or not sys_block.is_dir():
         return False
-    for entry in sys_block.iterdir():
-        try:
-            if (entry / "dev").read_text().strip() == device:
-                return _on_luks(entry.name, sys_block, set())
-        except OSError:
-            continue
-    return False
+    name = _block_name(sys_block, *mount)
+    return name is not None and _on_luks(name, sys_block, set())

@@ -27,8 +27,8 @@ from typing import Any
 RULE_FILE = Path("/etc/usbguard/rules.d/10-kura-agent.conf")
 LABEL = "kura-agent"
 BLOCK_RULE = f'block with-interface one-of {{ 08:*:* }} label "{LABEL}"'
-# usbguard's Rule::RootID: "append after the root" puts a rule first.
-FIRST = "4294967294"
+# usbguard's Rule::RootID is 0: "append after the root" puts a rule first.
+FIRST = "0"
 
 log = logging.getLogger("kura-agent")
 
