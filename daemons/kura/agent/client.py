@@ -82,10 +82,14 @@ class Agent:
         return value if isinstance(value, int) and value > 0 else default
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = pinned_context(self.state.ca.read_text())
-        # cert.pem holds the leaf and the intermediate, so the server can
-        # build the chain to the root it trusts.
-        context.load_cert_chain(self.state.cert, self.state.key)
+        try:
+            context = pinned_context(self.state.ca.read_text())
+            # cert.pem holds the leaf and the intermediate, so the server can
+            # build the chain to the root it trusts.
+            context.load_cert_chain(self.state.cert, self.state.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise AgentError(f"the enrolment files in {self.state.root} are unusable ({exc}); "
+                             "enrol again") from exc
         return context
 
     def _usb_event(self, action: str, properties: dict[str, str]) -> None:
@@ -213,6 +217,7 @@ class Agent:
 
 def main(state: State, enforcer: Enforcer) -> int:
     agent = Agent(state, enforcer)
+    agent.ssl_context()  # unusable enrolment files: one line and exit 1, not a loop
     try:
         # Enforce what is on disk first: the appliance may be away for long.
         enforcer.restore()
