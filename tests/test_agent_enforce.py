@@ -27,6 +27,7 @@ TOP = Path(__file__).parent.parent
 KEY = Ed25519PrivateKey.generate()
 APPLIANCE = "cd" * 32
 CLIENT, CLIENT2, SERVER, OTHER = "10.77.0.1", "10.77.0.5", "10.77.0.2", "10.77.0.3"
+CLIENT6, SERVER6, OTHER6 = "fd77::1", "fd77::2", "fd77::3"
 PORTS = (8445, 5432)
 
 try:
@@ -43,8 +44,9 @@ pytestmark = pytest.mark.skipif(
 LISTENER = """
 import socket, sys, threading
 def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(16)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 and IPv6
+    s.bind(("::", port)); s.listen(16)
     while True:
         c, _ = s.accept(); c.close()
 for p in sys.argv[1:]:
@@ -54,7 +56,8 @@ threading.Event().wait()
 """
 CONNECT = """
 import socket, sys
-s = socket.socket(); s.settimeout(0.7); s.bind((sys.argv[1], 0))
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.settimeout(0.7); s.bind((sys.argv[1], 0))
 try:
     s.connect((sys.argv[2], int(sys.argv[3])))
 except OSError:
@@ -85,10 +88,13 @@ def network() -> Iterator[None]:
         ip("netns", "add", "ka-s")
         ip("link", "add", "ka-c0", "netns", "ka-c", "type", "veth", "peer", "name", "ka-s0",
            "netns", "ka-s")
-        for name, dev, addresses in (("ka-c", "ka-c0", (CLIENT, CLIENT2)),
-                                     ("ka-s", "ka-s0", (SERVER, OTHER))):
+        for name, dev, addresses in (("ka-c", "ka-c0", (CLIENT, CLIENT2, CLIENT6)),
+                                     ("ka-s", "ka-s0", (SERVER, OTHER, SERVER6, OTHER6))):
             for address in addresses:
-                ip("-n", name, "addr", "add", f"{address}/24", "dev", dev)
+                if ":" in address:
+                    ip("-n", name, "addr", "add", f"{address}/64", "dev", dev, "nodad")
+                else:
+                    ip("-n", name, "addr", "add", f"{address}/24", "dev", dev)
             ip("-n", name, "link", "set", dev, "up")
             ip("-n", name, "link", "set", "lo", "up")
         listener = subprocess.Popen(
@@ -248,3 +254,19 @@ def test_restore_refuses_a_stored_bundle_that_does_not_verify(tmp_path: Path,
     assert table("ka-c") == ""
     unenrolled = kura_agent("ka-c", tmp_path / "empty", "status")
     assert unenrolled.returncode == 1 and "not enrolled" in unenrolled.stderr
+
+
+def test_clerk_pc_over_ipv6(tmp_path: Path, clean: None) -> None:
+    """IPv6 addresses and networks go to ip6 daddr, and neighbour discovery
+    still works under the output policy drop (the cache is flushed first)."""
+    state = agent(tmp_path, "clerk-pc")
+    body = {**CLERK_BODY, "appliance_addresses": [SERVER6],
+            "allow": [{"to": "fd77::3/128", "proto": "tcp", "ports": [5432]}]}
+    done = kura_agent("ka-c", state, "apply", str(envelope(tmp_path, 21, **body)))
+    assert done.returncode == 0, done.stderr
+    ns("ka-c", "ip", "neigh", "flush", "all")
+    assert reaches("ka-c", CLIENT6, SERVER6, 8445)
+    assert reaches("ka-c", CLIENT6, OTHER6, 5432)
+    assert not reaches("ka-c", CLIENT6, OTHER6, 8445)
+    assert not reaches("ka-c", CLIENT6, SERVER6, 5432)
+    assert not reaches("ka-c", CLIENT, SERVER, 8445)  # the IPv4 address is not listed now
