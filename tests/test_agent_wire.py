@@ -33,7 +33,7 @@ from kura.agent import enrol, nft, posture
 from kura.agent.client import Agent
 from kura.agent.enforce import Enforcer
 from kura.agent.errors import AgentError
-from kura.agent.state import State
+from kura.agent.state import Identity, State
 from kura.core import bundle
 
 SIGNING = Ed25519PrivateKey.generate()
@@ -292,3 +292,27 @@ def test_enrol_sends_no_token_to_a_server_the_pin_does_not_vouch_for(
             await runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_a_bundle_the_kernel_refuses_is_not_stored(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply THEN persist: when nftables refuses the transaction the stored
+    bundle stays the last good one (what a reboot restores)."""
+    state = State(tmp_path / "state")
+    fingerprint = "ef" * 32
+    state.save_identity(Identity(agent_id="a", profile="clerk-pc", server="https://x",
+                                 fingerprint=fingerprint, appliance=fingerprint,
+                                 bundle_key=bundle.public_key_text(SIGNING.public_key())))
+    enforcer = Enforcer(state, tmp_path / "usbguard.conf")
+    good = bundle.sign({"appliance": fingerprint, "profile": "clerk-pc", "serial": 1}, SIGNING)
+    monkeypatch.setattr(nft, "run", lambda transaction: None)
+    assert enforcer.offer(good) == bundle.ACCEPT
+
+    def refuse(transaction: dict[str, Any]) -> None:
+        raise nft.FirewallError("nftables refused the rules: Error: Could not process rule")
+
+    monkeypatch.setattr(nft, "run", refuse)
+    newer = bundle.sign({"appliance": fingerprint, "profile": "clerk-pc", "serial": 2}, SIGNING)
+    with pytest.raises(nft.FirewallError):
+        enforcer.offer(newer)
+    assert json.loads(state.bundle_file.read_text()) == good
