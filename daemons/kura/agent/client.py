@@ -66,6 +66,8 @@ class Notifier:
 
 
 class Agent:
+    """One enrolled agent's connection: the stream, the pull, the reports."""
+
     def __init__(self, state: State, enforcer: Enforcer) -> None:
         self.state = state
         self.enforcer = enforcer
@@ -117,6 +119,12 @@ class Agent:
             "usbguard": self.enforcer.usbguard,
         }
 
+    def unsent(self, report: dict[str, Any]) -> None:
+        """A report that did not get through: its events and refusals go
+        into the next one instead of being lost."""
+        self.usb_events[:0] = report["usb_events"]
+        self.enforcer.refused[:0] = report["refused"]
+
     def _touch(self) -> None:
         self.state.save_contact(datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -155,7 +163,12 @@ class Agent:
 
     async def _heartbeats(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            await ws.send_json({"type": "heartbeat", "report": await self.report()})
+            report = await self.report()
+            try:
+                await ws.send_json({"type": "heartbeat", "report": report})
+            except (aiohttp.ClientError, OSError, RuntimeError):
+                self.unsent(report)
+                raise
             await asyncio.sleep(self._setting("heartbeat_seconds", DEFAULT_HEARTBEAT))
 
     async def pull(self, session: aiohttp.ClientSession, context: ssl.SSLContext) -> None:
@@ -167,9 +180,13 @@ class Agent:
         self._touch()
         self.offer(envelope)
         report = await self.report()
-        async with session.post(f"{base}/heartbeat", json={"report": report},
-                                ssl=context) as answer:
-            answer.raise_for_status()
+        try:
+            async with session.post(f"{base}/heartbeat", json={"report": report},
+                                    ssl=context) as answer:
+                answer.raise_for_status()
+        except BaseException:
+            self.unsent(report)
+            raise
 
     async def _pull_while_away(self, session: aiohttp.ClientSession,
                                context: ssl.SSLContext) -> None:
