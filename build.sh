@@ -40,6 +40,9 @@ commands:
   test    build the image (if stale), then run every test: ruff, mypy, and
           pytest against a real PostgreSQL and the image booted in QEMU.
           Extra arguments go to pytest (e.g. ./build.sh test -k numbers).
+  agent-deb
+          build kura-agent's Debian package for clerk PCs and business
+          servers: out/kura-agent_<version>_all.deb (docs/agents.md)
   help    show this text
 USAGE
 }
@@ -47,7 +50,11 @@ USAGE
 # Debian packages the product and its tests need on the host.
 apt_packages=(postgresql python3 python3-venv python3-dev gcc libpq-dev systemd openssl git
               iproute2 iputils-ping iputils-arping  # kura-hasync and its namespace tests
-              chromium fonts-noto-cjk)  # the web console's tests drive a real Chromium
+              chromium fonts-noto-cjk  # the web console's tests drive a real Chromium
+              # kura-agent enforces bundles with nftables through Debian's Python binding
+              # (not on PyPI; ensure_venv links just that module in) and switches USB mass
+              # storage with usbguard; its tests build rules with both (daemon not started).
+              nftables python3-nftables usbguard)
 # ... and what builds and boots the image.
 image_packages=(mmdebstrap debian-archive-keyring e2fsprogs dosfstools mtools fdisk zstd
                 qemu-utils qemu-system-x86 ovmf swtpm swtpm-tools)
@@ -70,16 +77,29 @@ ensure_host() {
     id postgres >/dev/null 2>&1 || die "the postgres system user is missing" "apt-get install --reinstall postgresql-common"
 }
 
+# Debian's nftables binding is not on PyPI: expose that one module to the venv
+# (a symlink in site-packages), not the whole of /usr/lib/python3/dist-packages,
+# whose other modules would shadow the pinned ones. Idempotent and cheap, so it
+# runs on every call, also when the venv itself is up to date.
+link_nftables() {
+    local system=/usr/lib/python3/dist-packages/nftables site
+    [ -d "$system" ] || return 0
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    [ "$(readlink "$site/nftables" 2>/dev/null)" = "$system" ] || ln -sfn "$system" "$site/nftables"
+}
+
 ensure_venv() {
     local stamp="$venv/.kura-stamp" want
     want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
     if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        link_nftables
         return
     fi
     say "preparing the Python environment in .venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel
     "$venv/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]' psycopg-binary ruff
+    link_nftables
     echo "$want" >"$stamp"
 }
 
@@ -144,12 +164,18 @@ cmd_test() {
     KURA_IMAGE_TESTS=1 "$venv/bin/python" -m pytest "$@"
 }
 
+cmd_agent_deb() {
+    command -v dpkg-deb >/dev/null || die "dpkg-deb is missing" "apt-get install dpkg"
+    python3 packaging/agent/build_deb.py --out out
+}
+
 case "${1:-help}" in
     run) shift; cmd_run "$@" ;;
     image) shift; cmd_image ;;
     image-lock) shift; cmd_image_lock ;;
     verify-repro) shift; cmd_verify_repro ;;
     dev) shift; cmd_dev "$@" ;;
+    agent-deb) shift; cmd_agent_deb ;;
     test) shift; cmd_test "$@" ;;
     help|-h|--help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -51,6 +51,9 @@ ENABLE = [
 # chose (a primary or standby of an HA pair runs kura-hasync and the keeper, a
 # witness runs pg_auto_failover's monitor).
 BY_ROLE = ["kura-hasync.service", "kura-keeper.service", "kura-witness.service"]
+# Not for the appliance at all: kura-agent's Debian package installs these on
+# clerk PCs and business servers (docs/agents.md); the image leaves them out.
+ENDPOINT_ONLY = ["kura-agent.service", "kura-agent-restore.service"]
 # No login prompt anywhere: the consoles belong to kura-tty@ (wizard, then status).
 MASK = ["getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service"]
 CMDLINE = "root=PARTUUID={partuuid} ro rootwait console=tty1 console=ttyS0,115200 panic=10"
@@ -122,6 +125,8 @@ def install_webui(root: Path) -> None:
 def install_units(root: Path) -> None:
     units = root / "usr/lib/systemd/system"
     for unit in sorted((TOP / "systemd").glob("*.service")):
+        if unit.name in ENDPOINT_ONLY:
+            continue
         shutil.copyfile(unit, units / unit.name)
         os.chmod(units / unit.name, 0o644)
     dropin = root / "usr/share/kura/seal-creds"

@@ -29,7 +29,7 @@ def test_build_sh_help_lists_its_commands() -> None:
 
     out = subprocess.run([str(TOP / "build.sh"), "help"], capture_output=True, text=True,
                          check=True).stdout
-    for command in ("run", "image", "image-lock", "verify-repro", "dev", "test"):
+    for command in ("run", "image", "image-lock", "verify-repro", "dev", "test", "agent-deb"):
         assert f"  {command}" in out
 
 

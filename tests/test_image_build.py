@@ -199,11 +199,12 @@ def test_provisioning_installs_and_enables_every_unit_of_the_repository() -> Non
     sys.path.insert(0, str(TOP / "provisioning"))
     import provision
 
-    units = {p.name for p in (TOP / "systemd").glob("*.service")}
+    units = {p.name for p in (TOP / "systemd").glob("*.service")} - set(provision.ENDPOINT_ONLY)
     enabled = {re.sub(r"@.+\.service$", "@.service", u) for u in provision.ENABLE
                if u.startswith("kura")}
     by_role = set(provision.BY_ROLE)
     assert not enabled & by_role, "a role's unit is enabled on every appliance"
+    assert not (enabled | by_role) & set(provision.ENDPOINT_ONLY), "an endpoint unit on the image"
     assert enabled | by_role == units, \
         "a unit in systemd/ is neither enabled on the image nor left to first boot (or vice versa)"
     # The consoles belong to kura-tty@: no login prompt on tty1 or the serial port.

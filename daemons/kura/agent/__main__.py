@@ -1,0 +1,5 @@
+import sys
+
+from kura.agent.cli import main
+
+sys.exit(main())
