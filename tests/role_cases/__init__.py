@@ -7,6 +7,15 @@ World and Case only under TYPE_CHECKING)."""
 
 from __future__ import annotations
 
-from tests.role_cases import accounts, disposal, exports, ha, policy, reports, requests
+from tests.role_cases import (
+    accounts,
+    agents,
+    disposal,
+    exports,
+    ha,
+    policy,
+    reports,
+    requests,
+)
 
-AREAS = (requests, exports, disposal, reports, policy, accounts, ha)
+AREAS = (requests, exports, disposal, reports, policy, accounts, ha, agents)
