@@ -168,6 +168,9 @@ WORLD = _world(
     ("agent:agent-clerk00002", "192.0.2.40", 22, "tcp", "reach"),
     ("outside", "192.0.2.40", 5432, "tcp", "blocked"),
     ("address:192.0.2.31", "192.0.2.40", 5432, "tcp", "reach"),
+    # An enrolled PC's address is that PC: its own filter applies too.
+    ("address:192.0.2.31", "203.0.113.1", 443, "tcp", "blocked"),
+    ("address:192.0.2.77", "203.0.113.1", 443, "tcp", "reach"),
     ("outside", "192.0.2.40", 8080, "tcp", "reach"),
     # Nobody opens a connection to a clerk's PC.
     ("agent:agent-server0001", "agent:agent-clerk00001", 445, "tcp", "blocked"),

@@ -306,7 +306,10 @@ def outcome(case: TestCase, world: World) -> tuple[str, str]:
             return BLOCKED, "unknown sender agent"
         source_address = sender.address
     elif case.source.startswith("address:"):
+        # An address an enrolled agent presented is that agent: its own filter
+        # applies, as it would on the wire.
         source_address = case.source[8:]
+        sender = world.at_address(source_address)
     target: Agent | None
     if case.to.startswith("agent:"):
         target = world.by_id.get(case.to[6:])

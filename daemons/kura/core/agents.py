@@ -30,7 +30,6 @@ DEFAULT_MINUTES = 15
 MAX_MINUTES = 24 * 60
 HEARTBEAT_SECONDS = 30
 PULL_SECONDS = 60
-POLICY_PORT = 8445
 WATCH_SECONDS = 25.0  # the longest an agents.watch call waits
 
 # --- enrolment tokens -----------------------------------------------------------

@@ -364,13 +364,21 @@ def init_app(config: Config, ca_answer: dict[str, Any] | None = None,
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
-        for streams in list(relay.by_profile.values()):
-            for s in list(streams):
-                await s.ws.close(code=WSCloseCode.GOING_AWAY, message=b"kura-policy stops")
         await client.close()
         await watcher.close()
 
+    async def close_streams(app: web.Application) -> None:
+        """On SIGTERM, before the server waits for its handlers: an open stream
+        would otherwise hold the stop for aiohttp's whole shutdown timeout.
+        Agents reconnect (or pull) by themselves."""
+        relay = app[RELAY]
+        streams = [s for group in relay.by_profile.values() for s in group]
+        await asyncio.gather(*(s.ws.close(code=WSCloseCode.GOING_AWAY,
+                                          message=b"kura-policy stops") for s in streams),
+                             return_exceptions=True)
+
     app.cleanup_ctx.append(relay_and_watch)
+    app.on_shutdown.append(close_streams)
     app.router.add_get(f"{PREFIX}/ca", ca)
     app.router.add_post(f"{PREFIX}/enrol", enrol)
     app.router.add_get(f"{PREFIX}/stream", stream)

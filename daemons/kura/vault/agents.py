@@ -163,7 +163,7 @@ class AgentOperations(VaultBase):
         return tuple(sorted(found))
 
     def _appliance_ports(self) -> tuple[int, ...]:
-        return tuple(sorted({rules.POLICY_PORT, self.config.console.port}))
+        return tuple(sorted({self.config.policy.port, self.config.console.port}))
 
     async def _world(self, tx: Tx, policies: dict[str, dict[str, Any]] | None = None
                      ) -> agentpolicy.World:
@@ -249,7 +249,7 @@ class AgentOperations(VaultBase):
             addresses[0] if addresses else self.config.appliance)
         if ":" in host:
             host = f"[{host}]"
-        return f"https://{host}:{rules.POLICY_PORT}"
+        return f"https://{host}:{self.config.policy.port}"
 
     @operation("agents.token_create")
     async def agents_token_create(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
