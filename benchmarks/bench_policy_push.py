@@ -39,6 +39,7 @@ import ctypes
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -393,8 +394,10 @@ def all_have(serial: int, sims: list[Simulated], real: list[Path],
     return len(seen) == len(real) and all(a.serial >= serial for a in sims)
 
 
-def start_policy(app: LocalAppliance, lan: Lan, work: Path) -> int:
-    """kura-policy in kb-appl, configured as the devserver's but on the LAN's address."""
+def start_policy(app: LocalAppliance, lan: Lan, work: Path, nofile: int) -> int:
+    """kura-policy in kb-appl, configured as the devserver's but on the LAN's address,
+    with at most ``nofile`` open files (systemd's default soft limit for a unit
+    without LimitNOFILE= is 1024: each agent on the stream holds one)."""
     app.stop_daemon("policy")
     text = app.config_path.read_text().split("\n[policy]")[0]
     config = work / "kura-policy.toml"
@@ -403,7 +406,7 @@ def start_policy(app: LocalAppliance, lan: Lan, work: Path) -> int:
     log = open(work / "kura-policy.log", "w")  # noqa: SIM115 (the child owns it)
     proc = lan.spawn("appl", [sys.executable, "-m", "kura.policy.main", "--config",
                               str(config)], stdout=log, stderr=subprocess.STDOUT,
-                     env=child_env())
+                     env=child_env(), preexec_fn=lambda: _limit_files(nofile))
     log.close()
     deadline = time.monotonic() + 60
     while not lan.reaches("sim", POLICY_ADDRESS, POLICY_PORT, timeout=0.5):
@@ -416,6 +419,11 @@ def start_policy(app: LocalAppliance, lan: Lan, work: Path) -> int:
     return proc.pid
 
 
+def _limit_files(nofile: int) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
+
+
 def ms(values: list[float], p: float) -> float:
     return percentile(sorted(values), p) * 1000
 
@@ -423,7 +431,7 @@ def ms(values: list[float], p: float) -> float:
 def report(args: argparse.Namespace, r: Results) -> None:
     print()
     print(f"Policy push, {args.agents} simulated + {args.real} real agents, {args.saves} saves; "
-          f"{machine()}")
+          f"{machine()}; kura-policy's open-file limit {args.policy_nofile}")
     print()
     rows = [
         ("saved → enforced on ALL agents", ms(r.push, 50), ms(r.push, 99), max(r.push) * 1000),
@@ -469,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between saves (1)")
     parser.add_argument("--idle", type=float, default=15.0,
                         help="seconds connected without saves, for the idle CPU (15)")
+    parser.add_argument("--policy-nofile", type=int, default=1024,
+                        help="kura-policy's open-file limit (1024: what systemd gives "
+                        "kura-policy.service, which sets no LimitNOFILE=)")
     parser.add_argument("--parallel", type=int, default=8,
                         help="simulated enrolments at once (8)")
     args = parser.parse_args(argv)
@@ -491,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             lan.add("base", f"{SUBNET}.3")
             for n in range(args.real):
                 lan.add(f"a{n}", f"{SUBNET}.{10 + n}")
-            policy_pid = start_policy(app, lan, work)
+            policy_pid = start_policy(app, lan, work, args.policy_nofile)
             print("appliance up, kura-policy in kb-appl", file=sys.stderr, flush=True)
             with inside(lan.ns("sim")):
                 results = asyncio.run(measure(args, app, lan, sa.token, work, policy_pid))
