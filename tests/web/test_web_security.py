@@ -194,6 +194,16 @@ EXPECTED: dict[RouteKey, frozenset[str]] = {
     ("POST", "/admin/ha/pairings/{id}/approve"): SA,
     ("POST", "/admin/ha/pairings/{id}/reject"): SA,
     ("POST", "/admin/ha/pairings/{id}/deliver"): DA,
+    # endpoint agents: enrolment tokens, the agents list, revocation and the
+    # per-profile policies are the SA's (DESIGN.md: "SA … agent policies"; issue 12)
+    ("GET", "/admin/agents"): SA,
+    ("GET", "/admin/agents/tokens"): SA,
+    ("POST", "/admin/agents/tokens"): SA,
+    ("POST", "/admin/agents/tokens/{token_id}/withdraw"): SA,
+    ("GET", "/admin/agents/{agent_id}/revoke"): SA,
+    ("POST", "/admin/agents/{agent_id}/revoke"): SA,
+    ("GET", "/admin/agents/policy/{profile}"): SA,
+    ("POST", "/admin/agents/policy/{profile}"): SA,
     # the audit-integrity incident: everyone is told why Kura stopped (a clerk
     # is sent there); only an SA and a DA acknowledge it (issue 10)
     ("GET", "/audit-integrity"): EVERYONE,
@@ -463,6 +473,7 @@ def path_values(subject: tuple[str, str], clerks: dict[str, Api]) -> dict[str, s
         "id": subject[1],
         "token": secrets.token_urlsafe(32),
         "username": clerks["MU"].username,
+        "profile": "clerk-pc",
     }
 
 
