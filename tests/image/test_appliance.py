@@ -32,7 +32,7 @@ from tests.image.conftest import VMFactory
 from tests.support import Api, activate, my_numbers, provision
 from tests.test_pairing_console import Serving, free_port, pair_through_the_console
 from tests.test_pairing_flow import Standby
-from vm import VM
+from vm import VM, ConsoleTimeout
 
 pytestmark = pytest.mark.image
 
@@ -295,7 +295,17 @@ def test_unattended_setup_from_a_kura_setup_usb_stick(kura_image: Path, vm_facto
     answer("reset.totp", da.totp_code())
     answer("reset.confirm", "ERASE")
     mark = len(machine.console.text)
-    machine.expect(r"Linux version", timeout=BOOT)
+    try:
+        machine.expect(r"Linux version", timeout=BOOT)
+    except ConsoleTimeout:
+        # Seen twice under emulation with the xHCI stick attached: the kernel says
+        # "reboot: machine restart" and the firmware never comes back (not even
+        # BdsDxe's first line). The appliance did its part; press reset once, as
+        # an admin at the machine would, and the factory-reset boot must follow.
+        tail = machine.console.text[mark:].rstrip().splitlines()[-1:]
+        assert tail and "machine restart" in tail[0], machine.console.tail()
+        machine.reset()
+        machine.expect(r"Linux version", timeout=BOOT)
     again = boot_report(machine, mark)
     assert again.group(2) == "unsealed" and again.group(1) == "0", machine.console.tail()
     new_fingerprint = console_fingerprint(machine, mark)
