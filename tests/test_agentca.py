@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kura.core import agentca
+from kura.core.errors import BadRequest
 from kura.core.keys import AgentKeys, new_root_key
 
 NOW = datetime.now(UTC)
@@ -131,6 +132,8 @@ def test_leaf_certificates_say_what_they_are_for(tmp_path: Path) -> None:
     assert len(agentca.serial_hex(leaf)) == 32
     assert agentca.normalise_serial(":".join(agentca.serial_hex(leaf).upper())) == \
         agentca.serial_hex(leaf)
+    with pytest.raises(BadRequest):
+        agentca.normalise_serial("-" + agentca.serial_hex(leaf))
     server_chain, _ = pki.server(tmp_path)
     server = x509.load_pem_x509_certificate(server_chain.read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -59,7 +59,7 @@ def test_the_rule_binds_only_mu_and_ma_and_only_when_on() -> None:
 @pytest.mark.parametrize(
     ("text", "serial"),
     [("3F2A", "3f2a"), ("003f2a", "3f2a"), ("3f:2a", "3f2a"), ("", ""), ("not hex", ""),
-     ("f" * 65, "")],
+     ("f" * 65, ""), ("-1f", ""), ("0x1f", ""), ("1_f", "")],
 )
 def test_serials_are_read_as_the_vault_stores_them(text: str, serial: str) -> None:
     assert terminals.normalise_serial(text) == serial

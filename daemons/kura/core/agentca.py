@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kura.core import terminals
 from kura.core.errors import BadRequest
 
 ROOT_DAYS = 20 * 365
@@ -66,15 +67,14 @@ def serial_hex(cert: x509.Certificate) -> str:
 def normalise_serial(text: str) -> str:
     """``serial_hex`` of a serial someone typed or copied (colons, capitals,
     leading zeros); BadRequest if it is not hex."""
-    cleaned = text.replace(":", "").strip().lower()
-    try:
-        return format(int(cleaned, 16), "x")
-    except ValueError:
+    serial = terminals.normalise_serial(text)
+    if not serial:
         raise BadRequest(
             "serial: not a hexadecimal certificate serial",
             "serial: 証明書のシリアル番号（16進）ではありません。",
             field="serial",
-        ) from None
+        )
+    return serial
 
 
 def _name(common: str, unit: str = "") -> x509.Name:

@@ -31,13 +31,12 @@ def normalise_serial(text: str) -> str:
     """A certificate serial as the vault stores it (``format(serial, "x")``),
     from whatever hex form a TLS library gives (capitals, leading zeros);
     "" for anything that is not hex."""
-    cleaned = text.strip().replace(":", "")
-    if not cleaned or len(cleaned) > 64:
+    cleaned = text.strip().replace(":", "").lower()
+    # Hex digits only: int() would also take "-", "0x" and "_", and a serial
+    # must read the same whichever way in (vault, console, kura-policy).
+    if not cleaned or len(cleaned) > 64 or cleaned.strip("0123456789abcdef"):
         return ""
-    try:
-        return format(int(cleaned, 16), "x")
-    except ValueError:
-        return ""
+    return format(int(cleaned, 16), "x")
 
 
 def applies(policy: SecurityPolicy, role: Role) -> bool:
