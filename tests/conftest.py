@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,20 @@ def new_appliance(name: str, seal: str = "host") -> LocalAppliance:
     os.chmod(base, 0o755)  # noqa: S103 (the postgres user must reach its cluster)
     return LocalAppliance(base / "state", port=free_port(), pg_port=free_port(), seal=seal,
                           appliance=f"kura-test-{name}")
+
+
+@contextmanager
+def prepared_appliance(name: str) -> Iterator[LocalAppliance]:
+    """A fresh appliance of its own with everything but the daemons
+    (``LocalAppliance.prepare``), for tests that run a vault in their own
+    process; its cluster is stopped and its folder removed afterwards."""
+    app = new_appliance(name)
+    try:
+        app.prepare()
+        yield app
+    finally:
+        app.cluster.stop()
+        shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

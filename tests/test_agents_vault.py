@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ from kura.core.errors import KuraError
 from kura.devserver import LocalAppliance
 from kura.vault.service import Vault
 from kura.vault.store import Store
-from tests.conftest import new_appliance
+from tests.conftest import prepared_appliance
 
 DA_FIRST = "First-Kura-Pass-42!"
 DA_PASSWORD = "Kura-Second-Pass-2026!"
@@ -133,13 +132,8 @@ async def desk(config: Config, sign_in: bool = True) -> AsyncIterator[Desk]:
 
 @pytest.fixture(scope="module")
 def prepared() -> Iterator[LocalAppliance]:
-    app = new_appliance("agents")
-    try:
-        app.prepare()
+    with prepared_appliance("agents") as app:
         yield app
-    finally:
-        app.cluster.stop()
-        shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from kura.core.errors import AccountLocked, ActionRequired, LoginFailed, NotAuth
 from kura.devserver import LocalAppliance
 from kura.vault.service import Vault
 from kura.vault.store import Store
-from tests.conftest import new_appliance
+from tests.conftest import prepared_appliance
 
 IDLE = timedelta(minutes=15)  # the default policy
 ABSOLUTE = timedelta(hours=10)
@@ -115,13 +114,8 @@ async def desk(config: Config, clock: FakeClock) -> AsyncIterator[Desk]:
 
 @pytest.fixture(scope="module")
 def prepared() -> Iterator[LocalAppliance]:
-    app = new_appliance("sessions")
-    try:
-        app.prepare()
+    with prepared_appliance("sessions") as app:
         yield app
-    finally:
-        app.cluster.stop()
-        shutil.rmtree(app.state.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
