@@ -336,6 +336,14 @@ def test_policy_set_signs_a_new_bundle_that_agents_verify(config: Config) -> Non
                                                 "version": before["version"]})
         assert caught.value.code == "conflict"
         assert (await d.audit("agent.policy_set"))[-1]["detail"]["serial"] == saved["serial"]
+        # One SA opens USB sticks alone; the audit entry says so, and that
+        # closing them again opens nothing.
+        for usb, opened in (("allow", ["usb_mass_storage"]), ("block", [])):
+            at = await d.as_sa("agents.policy_get", {"profile": "clerk-pc"})
+            await d.as_sa("agents.policy_set", {"profile": "clerk-pc", "version": at["version"],
+                                                "policy": {**policy, "usb_mass_storage": usb}})
+            entry = (await d.audit("agent.policy_set"))[-1]
+            assert (entry["actor"], entry["detail"]["widened"]) == ("sa-agents", opened)
 
     run(config, scenario)
 
@@ -480,6 +488,10 @@ def test_kura_policy_gets_a_server_certificate_and_bundles_name_the_appliance(
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == ["kura-a"]
         assert cert.issuer == x509.load_pem_x509_certificate(made["chain"].encode()).subject
+        # Whoever runs as kura-policy may ask for any names: each request is audited.
+        entry = (await d.audit("agent.server_cert"))[-1]
+        assert (entry["actor"], entry["target"]) == ("kura-policy", format(cert.serial_number, "x"))
+        assert entry["detail"]["names"] == ["192.0.2.10", "127.0.0.1", "kura-a"]
         woke = await asyncio.wait_for(watcher, 5)  # new bundles: the appliance's address
         ca = await d.policy("agents.ca", {})
         key_text = bundle.public_key_from_text(ca["bundle_key"])

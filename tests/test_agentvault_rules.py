@@ -95,6 +95,35 @@ def test_a_valid_policy_comes_back_in_normal_form() -> None:
     assert server["protect"][0]["from"] == "clerk-pcs"
 
 
+_WEB = {"to": "198.51.100.0/24", "proto": "tcp", "ports": [443]}
+_DB = {"proto": "tcp", "ports": [5432], "from": ["a1"]}
+
+
+@pytest.mark.parametrize(("profile", "old", "new", "opened"), [
+    ("clerk-pc", {}, {"usb_mass_storage": "allow"}, ["usb_mass_storage"]),
+    ("clerk-pc", {"usb_mass_storage": "allow"}, {}, []),
+    ("clerk-pc", {}, {"allow": [_WEB]}, ["allow"]),
+    ("clerk-pc", {"allow": [_WEB]}, {"allow": [{**_WEB, "to": "198.51.100.8/29"}]}, []),
+    ("clerk-pc", {"allow": [_WEB]}, {"allow": [{**_WEB, "to": "198.51.0.0/16"}]}, ["allow"]),
+    ("clerk-pc", {"allow": [_WEB]}, {"allow": [{**_WEB, "ports": [443, 22]}]}, ["allow"]),
+    ("clerk-pc", {"allow": [_WEB]}, {"allow": [{**_WEB, "proto": "udp"}]}, ["allow"]),
+    ("clerk-pc", {"allow": [_WEB]}, {"allow": [{**_WEB, "to": "2001:db8::/32"}]}, ["allow"]),
+    ("clerk-pc", {}, {"dns": ["192.0.2.53"], "ntp": ["192.0.2.123"]}, ["dns", "ntp"]),
+    ("clerk-pc", {"require_disk_encryption": True, "max_security_updates": 3},
+     {"max_security_updates": 5}, ["require_disk_encryption", "max_security_updates"]),
+    ("clerk-pc", {"max_security_updates": 5}, {"max_security_updates": 3}, []),
+    ("business-server", {"protect": [_DB]}, {}, ["protect"]),
+    ("business-server", {"protect": [_DB]}, {"protect": [{**_DB, "from": "clerk-pcs"}]},
+     ["protect"]),
+    ("business-server", {"protect": [_DB]}, {"protect": [{**_DB, "from": ["a1", "a2"]}]},
+     ["protect"]),
+    ("business-server", {"protect": [{**_DB, "from": "clerk-pcs"}]}, {"protect": [_DB]}, []),
+])
+def test_what_a_save_opens_is_named(profile: str, old: dict[str, Any], new: dict[str, Any],
+                                     opened: list[str]) -> None:
+    assert ap.widened(ap.validate(profile, old), ap.validate(profile, new)) == opened
+
+
 @pytest.mark.parametrize(("profile", "policy", "field"), [
     ("clerk-pc", {"allow": [{"to": "not-an-address", "proto": "tcp", "ports": [1]}]},
      "allow.0.to"),

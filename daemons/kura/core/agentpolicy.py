@@ -403,3 +403,67 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
     skip = {"serial", "issued"}
     return {k: v for k, v in a.items() if k not in skip} == {
         k: v for k, v in b.items() if k not in skip}
+
+
+# --- what a save opens ----------------------------------------------------------------
+
+
+def _reaches(policy: dict[str, Any]) -> set[tuple[IpNetwork, str, int]]:
+    return {(ipaddress.ip_network(rule["to"]), rule["proto"], port)
+            for rule in policy.get("allow", []) for port in rule["ports"]}
+
+
+def _guarded(policy: dict[str, Any]) -> dict[tuple[str, int], set[str] | None]:
+    """Each protected (proto, port) and who may reach it; None: every clerk PC."""
+    out: dict[tuple[str, int], set[str] | None] = {}
+    for rule in policy.get("protect", []):
+        for port in rule["ports"]:
+            key = (rule["proto"], port)
+            if rule["from"] == CLERK_PCS or out.get(key, set()) is None:
+                out[key] = None
+            else:
+                out[key] = (out.get(key) or set()) | set(rule["from"])
+    return out
+
+
+def widened(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The fields in which the validated policy ``new`` lets through more
+    than ``old``: what an SA opened alone (no second person is asked; the
+    vault names these fields in the ``agent.policy_set`` audit entry, so an
+    auditor sees who opened USB sticks or a destination, and when).
+
+    ``allow`` is wider when a (destination, proto, port) is reached that no
+    old rule covered; ``protect`` when a port is no longer protected or more
+    terminals may reach it; ``dns``/``ntp`` when a server was added; the
+    posture when less is required."""
+    out = []
+    if old.get("usb_mass_storage") == "block" and new.get("usb_mass_storage") == "allow":
+        out.append("usb_mass_storage")
+    if old.get("require_disk_encryption") and not new.get("require_disk_encryption"):
+        out.append("require_disk_encryption")
+    before, after = old.get("max_security_updates"), new.get("max_security_updates")
+    if before is not None and (after is None or after > before):
+        out.append("max_security_updates")
+    out += [key for key in ("dns", "ntp") if set(new.get(key, [])) - set(old.get(key, []))]
+    covered = _reaches(old)
+    if any(not any(_within(net, wide) and (proto, port) == (p, q) for wide, p, q in covered)
+           for net, proto, port in _reaches(new)):
+        out.append("allow")
+    guarding = _guarded(new)
+    if any(key not in guarding or _more(guarding[key], who)
+           for key, who in _guarded(old).items()):
+        out.append("protect")
+    return out
+
+
+def _within(net: IpNetwork, wide: IpNetwork) -> bool:
+    if isinstance(net, ipaddress.IPv4Network):
+        return isinstance(wide, ipaddress.IPv4Network) and net.subnet_of(wide)
+    return isinstance(wide, ipaddress.IPv6Network) and net.subnet_of(wide)
+
+
+def _more(now: set[str] | None, before: set[str] | None) -> bool:
+    """Do more terminals reach a protected port ``now`` than ``before``?"""
+    if before is None:
+        return False
+    return now is None or not now <= before

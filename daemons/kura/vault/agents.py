@@ -406,8 +406,12 @@ class AgentOperations(VaultBase):
                 await tx.insert_agent_policy(profile, version + 1, policy,
                                              [t.to_json() for t in tests], caller.actor, now)
                 serial = await self._issue(tx, profile, force=True)
+                # One SA saves alone (no second person, unlike the security
+                # policy): the entry names what the save opened, for the audit.
+                before = current["policy"] if current else agentpolicy.default_policy(profile)
                 await record(tx, caller, "agent.policy_set", target=profile, detail={
-                    "version": version + 1, "serial": serial, "tests": len(tests)})
+                    "version": version + 1, "serial": serial, "tests": len(tests),
+                    "widened": agentpolicy.widened(before, policy)})
         if failed:
             await self._policy_refused(caller, profile, {
                 "version": version, "failed": len(failed),
