@@ -151,7 +151,7 @@ class KeyHierarchy:
         blind_key: bytes,
         audit_key: Ed25519PrivateKey,
         backup_key: bytes,
-        agent_keys: AgentKeys | None = None,
+        agent_keys: AgentKeys,
     ) -> None:
         self._keyring = keyring
         self._agent_keys = agent_keys
@@ -311,8 +311,6 @@ class KeyHierarchy:
     @property
     def agent_keys(self) -> AgentKeys:
         """The endpoint agents' CA, intermediate and bundle-signing keys."""
-        if self._agent_keys is None:
-            raise KuraError(en="This key hierarchy was made without the agent keys.")
         return self._agent_keys
 
 

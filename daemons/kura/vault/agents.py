@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
-import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from kura.core import agents as rules
 from kura.core.errors import BadRequest, Conflict, KuraError, NotFound
 from kura.vault.base import Caller, VaultBase, jsonable, operation, record
 from kura.vault.store import Row, Tx
-
-log = logging.getLogger("kura.vault.agents")
 
 SWEEP_SECONDS = 5.0
 ALERT_DAYS = 7  # cleared alerts the list still shows
