@@ -78,7 +78,7 @@ class State:
         data = self._json(self.identity_file)
         if not isinstance(data, dict):
             raise NotEnrolled(f"not enrolled (no {self.identity_file}); "
-                              "run: kura-agent enroll --server URL --token T --fingerprint F")
+                              "run: kura-agent enroll --server URL --fingerprint F")
         try:
             return Identity(**{key: str(data[key]) for key in Identity.__dataclass_fields__})
         except KeyError as exc:
