@@ -4,8 +4,12 @@ WebSocket stream (bundle in, heartbeat out) and the pull.
 STAND-IN: the server here is a small aiohttp HTTPS app written in this test,
 speaking exactly the wire of docs/agents.md with real certificates (a P-256
 root, an issuing intermediate, a serverAuth leaf; the agent's clientAuth
-certificate issued from its CSR). It stands in for kura-policy until the
-integration test against the real daemon exists. Only the firewall call is
+certificate issued from its CSR). The real kura-policy is driven by
+tests/agents/test_end_to_end.py (in namespaces, as root) and
+tests/test_policy_daemon.py (which also shows it refusing a stream without a
+client certificate); the stand-in stays for what the real one cannot do: an
+impostor server the pin must not vouch for, a push signed by another key, a
+stream dropped on purpose, all without root. Only the firewall call is
 replaced (``nft.run`` records the transaction): real enforcement is
 tests/test_agent_enforce.py's job."""
 
@@ -20,7 +24,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -253,22 +256,6 @@ def test_fingerprint_is_taken_with_or_without_colons_in_any_case() -> None:
     with pytest.raises(AgentError, match="64 digits"):
         enrol.normalise_fingerprint("abc")
     assert enrol.normalise_fingerprint("AB:" * 31 + "AB") == "ab" * 32
-
-
-def test_stream_without_client_certificate_is_refused(tmp_path: Path) -> None:
-    async def run() -> int:
-        stand_in = StandIn(tmp_path)
-        stand_in.envelopes.append(bundle.sign(stand_in.body(1), SIGNING))
-        runner, url = await serve(stand_in)
-        try:
-            context = enrol.pinned_context(pem(stand_in.root))
-            async with aiohttp.ClientSession() as session, \
-                    session.get(f"{url}/kura-agent/v1/bundle", ssl=context) as answer:
-                return answer.status
-        finally:
-            await runner.cleanup()
-
-    assert asyncio.run(run()) == 403
 
 
 @pytest.mark.parametrize(("usage", "foreign"), [
