@@ -217,6 +217,7 @@ async def _enrol_stream_and_pull(tmp_path: Path, applied: list[dict[str, Any]]) 
         assert (identity.agent_id, identity.profile) == ("agent-7", "clerk-pc")
         assert identity.appliance == stand_in.fingerprint
         assert state.key.stat().st_mode & 0o777 == 0o600
+        assert state.root.stat().st_mode & 0o077 == 0, "the state directory is private"
         assert state.cert.read_text().count("BEGIN CERTIFICATE") == 2
 
         stand_in.envelopes.append(bundle.sign(stand_in.body(1), SIGNING))
