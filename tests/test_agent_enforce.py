@@ -107,7 +107,7 @@ def agent(tmp_path: Path, profile: str) -> Path:
     """A state directory enrolled (by hand) with the test's appliance."""
     state = State(tmp_path / f"state-{profile}")
     state.save_identity(Identity(agent_id="a-1", profile=profile, server="https://x:8445",
-                                 fingerprint=APPLIANCE, appliance=APPLIANCE,
+                                 fingerprint=APPLIANCE,
                                  bundle_key=bundle.public_key_text(KEY.public_key())))
     return state.root
 

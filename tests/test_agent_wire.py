@@ -289,7 +289,7 @@ def test_a_bundle_the_kernel_refuses_is_not_stored(tmp_path: Path,
     state = State(tmp_path / "state")
     fingerprint = "ef" * 32
     state.save_identity(Identity(agent_id="a", profile="clerk-pc", server="https://x",
-                                 fingerprint=fingerprint, appliance=fingerprint,
+                                 fingerprint=fingerprint,
                                  bundle_key=bundle.public_key_text(SIGNING.public_key())))
     enforcer = Enforcer(state, tmp_path / "usbguard.conf")
     good = bundle.sign({"appliance": fingerprint, "profile": "clerk-pc", "serial": 1}, SIGNING)
