@@ -173,6 +173,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         lan.listen("srv", DB_PORT, SSH_PORT)
         app.start()
         app.stop_daemon("policy")
+        s: Site | None = None  # a failure before it exists must not hide behind a NameError
         try:
             admin = first_da(app)
             sa = provision(admin, "sa-agents", "SA")
@@ -180,10 +181,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             s.start_policy()
             yield s
         finally:
-            for proc in (s.agents or {}).values():
-                proc.terminate()
-            if s.policy is not None:
-                s.policy.terminate()
+            if s is not None:
+                for proc in (s.agents or {}).values():
+                    proc.terminate()
+                if s.policy is not None:
+                    s.policy.terminate()
             app.stop()
             shutil.rmtree(app.state.parent, ignore_errors=True)
 
