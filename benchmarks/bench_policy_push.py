@@ -267,10 +267,10 @@ async def measure(args: argparse.Namespace, app: LocalAppliance, lan: Lan, sa_to
             state = work / f"real-{n}"
             done = await asyncio.to_thread(subprocess.run, [
                 "ip", "netns", "exec", lan.ns(f"a{n}"), sys.executable, "-m", "kura.agent",
-                "enroll", "--server", server, "--token", await token(f"real-{n}"),
+                "enroll", "--server", server, "--token", "-",  # the token on stdin
                 "--fingerprint", ca["fingerprint"], "--hostname", f"kb-a{n}",
-                "--state", str(state)], capture_output=True, text=True, timeout=120,
-                check=False, env=child_env())
+                "--state", str(state)], input=await token(f"real-{n}") + "\n",
+                capture_output=True, text=True, timeout=120, check=False, env=child_env())
             if done.returncode != 0:
                 raise RuntimeError(f"kura-agent enroll in kb-a{n}: {done.stderr.strip()}")
             log = open(work / f"real-{n}.log", "w")  # noqa: SIM115 (the child owns it)

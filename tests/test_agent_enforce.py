@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kura.agent.state import Identity, State
 from kura.core import bundle
+from tests.agents.topology import LISTENER
 
 TOP = Path(__file__).parent.parent
 KEY = Ed25519PrivateKey.generate()
@@ -41,19 +42,6 @@ pytestmark = pytest.mark.skipif(
     or not HAVE_NFTABLES,
     reason="needs root, iproute2, nftables and python3-nftables (./build.sh links it into .venv)")
 
-LISTENER = """
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 and IPv6
-    s.bind(("::", port)); s.listen(16)
-    while True:
-        c, _ = s.accept(); c.close()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
 CONNECT = """
 import socket, sys
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
@@ -119,7 +107,7 @@ def agent(tmp_path: Path, profile: str) -> Path:
     """A state directory enrolled (by hand) with the test's appliance."""
     state = State(tmp_path / f"state-{profile}")
     state.save_identity(Identity(agent_id="a-1", profile=profile, server="https://x:8445",
-                                 fingerprint=APPLIANCE, appliance=APPLIANCE,
+                                 fingerprint=APPLIANCE,
                                  bundle_key=bundle.public_key_text(KEY.public_key())))
     return state.root
 

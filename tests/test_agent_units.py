@@ -69,6 +69,7 @@ def test_only_cap_net_admin_and_restore_before_the_network() -> None:
     assert run["Type"] == ["notify"] and run["WatchdogSec"] == ["60"]
     assert run["ExecStart"] == ["/usr/bin/kura-agent run"]
     assert run["StateDirectory"] == ["kura-agent"]
+    assert run["StateDirectoryMode"] == ["0700"], "the key's directory stays private"
     assert restore["DefaultDependencies"] == ["no"]
     assert restore["Type"] == ["oneshot"]
     assert restore["ExecStart"] == ["/usr/bin/kura-agent restore"]

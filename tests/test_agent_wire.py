@@ -4,8 +4,12 @@ WebSocket stream (bundle in, heartbeat out) and the pull.
 STAND-IN: the server here is a small aiohttp HTTPS app written in this test,
 speaking exactly the wire of docs/agents.md with real certificates (a P-256
 root, an issuing intermediate, a serverAuth leaf; the agent's clientAuth
-certificate issued from its CSR). It stands in for kura-policy until the
-integration test against the real daemon exists. Only the firewall call is
+certificate issued from its CSR). The real kura-policy is driven by
+tests/agents/test_end_to_end.py (in namespaces, as root) and
+tests/test_policy_daemon.py (which also shows it refusing a stream without a
+client certificate); the stand-in stays for what the real one cannot do: an
+impostor server the pin must not vouch for, a push signed by another key, a
+stream dropped on purpose, all without root. Only the firewall call is
 replaced (``nft.run`` records the transaction): real enforcement is
 tests/test_agent_enforce.py's job."""
 
@@ -20,7 +24,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -214,6 +217,7 @@ async def _enrol_stream_and_pull(tmp_path: Path, applied: list[dict[str, Any]]) 
         assert (identity.agent_id, identity.profile) == ("agent-7", "clerk-pc")
         assert identity.appliance == stand_in.fingerprint
         assert state.key.stat().st_mode & 0o777 == 0o600
+        assert state.root.stat().st_mode & 0o077 == 0, "the state directory is private"
         assert state.cert.read_text().count("BEGIN CERTIFICATE") == 2
 
         stand_in.envelopes.append(bundle.sign(stand_in.body(1), SIGNING))
@@ -255,22 +259,6 @@ def test_fingerprint_is_taken_with_or_without_colons_in_any_case() -> None:
     assert enrol.normalise_fingerprint("AB:" * 31 + "AB") == "ab" * 32
 
 
-def test_stream_without_client_certificate_is_refused(tmp_path: Path) -> None:
-    async def run() -> int:
-        stand_in = StandIn(tmp_path)
-        stand_in.envelopes.append(bundle.sign(stand_in.body(1), SIGNING))
-        runner, url = await serve(stand_in)
-        try:
-            context = enrol.pinned_context(pem(stand_in.root))
-            async with aiohttp.ClientSession() as session, \
-                    session.get(f"{url}/kura-agent/v1/bundle", ssl=context) as answer:
-                return answer.status
-        finally:
-            await runner.cleanup()
-
-    assert asyncio.run(run()) == 403
-
-
 @pytest.mark.parametrize(("usage", "foreign"), [
     (ExtendedKeyUsageOID.CLIENT_AUTH, False),  # a client certificate posing as the server
     (ExtendedKeyUsageOID.SERVER_AUTH, True),  # not issued by the pinned CA's intermediate
@@ -301,7 +289,7 @@ def test_a_bundle_the_kernel_refuses_is_not_stored(tmp_path: Path,
     state = State(tmp_path / "state")
     fingerprint = "ef" * 32
     state.save_identity(Identity(agent_id="a", profile="clerk-pc", server="https://x",
-                                 fingerprint=fingerprint, appliance=fingerprint,
+                                 fingerprint=fingerprint,
                                  bundle_key=bundle.public_key_text(SIGNING.public_key())))
     enforcer = Enforcer(state, tmp_path / "usbguard.conf")
     good = bundle.sign({"appliance": fingerprint, "profile": "clerk-pc", "serial": 1}, SIGNING)

@@ -9,6 +9,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from kura.config import PolicyConfig
 from kura.core.errors import KuraError
 from kura.core.keys import new_root_key
 from kura.vault import sealing
@@ -23,7 +24,6 @@ SEAL_DROPIN = "/etc/systemd/system/kura-vault.service.d/50-seal-creds.conf"
 VAULT_UNIT = "kura-vault.service"
 CONSOLE_UNIT = "kura-console.service"
 POLICY_UNIT = "kura-policy.service"
-POLICY_PORT = 8445
 
 
 def render_config(appliance: str, console_uid: int, policy_uid: int | None = None) -> str:
@@ -48,7 +48,7 @@ def render_config(appliance: str, console_uid: int, policy_uid: int | None = Non
         },
         "policy": {
             "listen": "0.0.0.0",  # noqa: S104 (the agents are on the LAN)
-            "port": POLICY_PORT,
+            "port": PolicyConfig.port,  # written out so the DA sees it in kura.toml
         },
     }
     lines = ["# Written by kura-firstboot.", f"appliance = {json.dumps(appliance)}"]

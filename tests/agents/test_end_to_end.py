@@ -85,11 +85,13 @@ class Site:
     def state(self, host: str) -> Path:
         return self.folder / host
 
-    def agent(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def agent(self, host: str, *args: str, check: bool = True, stdin: str | None = None
+              ) -> subprocess.CompletedProcess[str]:
         argv = ["ip", "netns", "exec", self.lan.ns(host), sys.executable, "-m", "kura.agent.cli",
                 *args[:1], "--state", str(self.state(host)),
                 "--usbguard-rules", str(self.state(host) / "usbguard.conf"), *args[1:]]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
+                              input=stdin)
         if check:
             assert done.returncode == 0, done.stderr
         return done
@@ -99,8 +101,10 @@ class Site:
         assert token.status in (200, 201), token.body
         t = token.json
         assert t["server"] == f"https://{HOSTS['appl']}:{self.app.policy_port}"
-        self.agent(host, "enroll", "--server", t["server"], "--token", t["token"],
-                   "--fingerprint", t["fingerprint"], "--hostname", host)
+        # The token on stdin, as a careful SA types it: never in the process list.
+        self.agent(host, "enroll", "--server", t["server"], "--token", "-",
+                   "--fingerprint", t["fingerprint"], "--hostname", host,
+                   stdin=t["token"] + "\n")
         return str(t["token"])
 
     def run(self, host: str) -> None:
@@ -140,6 +144,13 @@ class Site:
         assert r.status == 200, r.body
         return [e for e in r.json["entries"] if e["action"] == action]
 
+    def wait_audited(self, action: str, reason: str, within: float = 40) -> None:
+        """Until an ``action`` entry with ``detail.reason == reason`` is in the audit."""
+        deadline = time.monotonic() + within
+        while not any(e["detail"].get("reason") == reason for e in self.audit(action)):
+            assert time.monotonic() < deadline, f"no {action} ({reason}) within {within:.0f} s"
+            time.sleep(0.5)
+
     def agents_list(self) -> dict[str, dict[str, Any]]:
         r = self.sa.get("/agents")
         assert r.status == 200, r.body
@@ -162,6 +173,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         lan.listen("srv", DB_PORT, SSH_PORT)
         app.start()
         app.stop_daemon("policy")
+        s: Site | None = None  # a failure before it exists must not hide behind a NameError
         try:
             admin = first_da(app)
             sa = provision(admin, "sa-agents", "SA")
@@ -169,10 +181,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             s.start_policy()
             yield s
         finally:
-            for proc in (s.agents or {}).values():
-                proc.terminate()
-            if s.policy is not None:
-                s.policy.terminate()
+            if s is not None:
+                for proc in (s.agents or {}).values():
+                    proc.terminate()
+                if s.policy is not None:
+                    s.policy.terminate()
             app.stop()
             shutil.rmtree(app.state.parent, ignore_errors=True)
 
@@ -204,7 +217,7 @@ def test_enrolled_agents_enforce_the_pushed_policy(site: Site) -> None:
     assert lan.reaches("out", "srv", SSH_PORT), "an unprotected port stays open"
     assert lan.reaches("out", "web", 80), "the outside host itself is not restricted"
 
-    # A token works once.
+    # A token works once (here given the old way, on the command line).
     again = site.agent("out", "enroll", "--server",
                        f"https://{HOSTS['appl']}:{site.app.policy_port}", "--token", reused,
                        "--fingerprint", site.sa.get("/agents/ca").json["fingerprint"],
@@ -258,11 +271,7 @@ def test_tampered_and_replayed_bundles_are_refused_and_audited(site: Site) -> No
                   "'UTF8'), '\"block\"', '\"allow\"'), 'UTF8') WHERE serial = (SELECT max(serial) "
                   "FROM agent_bundles WHERE profile = 'clerk-pc')")
     site.start_policy()
-    deadline = time.monotonic() + 40
-    while not any(e["detail"].get("reason") == "bad_signature"
-                  for e in site.audit("agent.bundle_refused")):
-        assert time.monotonic() < deadline, "the tampered bundle was not reported"
-        time.sleep(0.5)
+    site.wait_audited("agent.bundle_refused", "bad_signature")  # the tampered bundle
     assert site.enforced("clerk") == enforced
 
     site.stop_policy()
@@ -271,11 +280,7 @@ def test_tampered_and_replayed_bundles_are_refused_and_audited(site: Site) -> No
                   "signature FROM agent_bundles WHERE profile = 'clerk-pc' ORDER BY serial "
                   "LIMIT 1")
     site.start_policy()
-    deadline = time.monotonic() + 40
-    while not any(e["detail"].get("reason") == "older"
-                  for e in site.audit("agent.bundle_refused")):
-        assert time.monotonic() < deadline, "the replayed bundle was not reported"
-        time.sleep(0.5)
+    site.wait_audited("agent.bundle_refused", "older")  # the replayed bundle
     assert site.enforced("clerk") == enforced
     assert not lan.reaches("clerk", "out", 443, timeout=0.5)
 

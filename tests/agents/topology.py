@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 
 PREFIX_LEN = 24
 
-# A TCP server that accepts and closes, for each port on its command line.
-_LISTENER = textwrap.dedent(
+# A TCP server that accepts and closes, for each port on its command line, on
+# every IPv4 and IPv6 address (tests/test_agent_enforce.py uses it too).
+LISTENER = textwrap.dedent(
     """
     import socket, sys, threading
     def serve(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port)); s.listen(64)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port)); s.listen(64)
         while True:
             c, _ = s.accept(); c.close()
     for p in sys.argv[1:]:
@@ -94,7 +96,7 @@ class Lan:
 
     def listen(self, host: str, *ports: int) -> None:
         """TCP servers on ``ports`` in ``host`` that accept every connection."""
-        proc = self.spawn(host, [sys.executable, "-c", _LISTENER, *map(str, ports)],
+        proc = self.spawn(host, [sys.executable, "-c", LISTENER, *map(str, ports)],
                           stdout=subprocess.PIPE)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"

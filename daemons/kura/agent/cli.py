@@ -7,8 +7,10 @@ bundle given to ``apply`` was refused (nothing changed).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from kura.agent.state import DEFAULT_DIR, State
 from kura.core import bundle
 
 EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 1, 2, 3
+TOKEN_VARIABLE = "KURA_AGENT_TOKEN"  # noqa: S105 - the name of a variable, not a token
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Fetch the appliance's agent CA, check it against --fingerprint, make a "
                     "key and have the appliance certify it with the one-time token.")
     enroll.add_argument("--server", required=True, help="e.g. https://kura.example:8445")
-    enroll.add_argument("--token", required=True, help="the one-time token from the console")
+    enroll.add_argument(
+        "--token", metavar="T",
+        help=f"the one-time token from the console. Leave it out (or give -) to be asked for "
+             f"it, or read from stdin when that is not a terminal, or set ${TOKEN_VARIABLE}: "
+             f"a token given here is visible to every local user in the process list "
+             f"until enrolment ends")
     enroll.add_argument("--fingerprint", required=True,
                         help="SHA-256 of the CA certificate (hex, colons and case ignored)")
     enroll.add_argument("--hostname", help="the name to enrol under (default: this host's)")
@@ -98,6 +106,24 @@ def _apply(state: State, enforcer: Enforcer, file: Path) -> int:
     return 0
 
 
+def _token(given: str | None) -> str:
+    """The one-time token, by preference from where other local users cannot
+    read it: ``$KURA_AGENT_TOKEN`` (only root and the user can read a
+    process's environment) or stdin (asked for without echo on a terminal).
+    ``--token T`` still works but puts T in every user's process list, where
+    another local user could race to use it first."""
+    if given is not None and given != "-":
+        return given
+    token = os.environ.get(TOKEN_VARIABLE, "") if given is None else ""
+    if not token:
+        token = (getpass.getpass("one-time token: ") if sys.stdin.isatty()
+                 else sys.stdin.readline())
+    token = token.strip()
+    if not token:
+        raise AgentError(f"no token: give it on stdin, in ${TOKEN_VARIABLE} or with --token")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # The run loop logs its steps (to the journal); one-shot commands print
@@ -109,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "enroll":
             from kura.agent import enrol  # only enroll needs it
-            identity = enrol.enroll(state, args.server, args.token, args.fingerprint,
-                                    args.hostname)
+            identity = enrol.enroll(state, args.server, _token(args.token),
+                                    args.fingerprint, args.hostname)
             print(f"enrolled as {identity.agent_id} (profile {identity.profile}); "
                   "start it with: systemctl enable --now kura-agent")
         elif args.command == "run":

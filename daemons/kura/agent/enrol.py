@@ -117,7 +117,7 @@ def enroll(state: State, server: str, token: str, fingerprint: str,
         certificate, chain = str(answer["certificate"]), str(answer["chain"])
         bundle.public_key_from_text(str(answer["bundle_key"]))
         identity = Identity(agent_id=str(answer["agent_id"]), profile=str(answer["profile"]),
-                            server=server, fingerprint=fingerprint, appliance=fingerprint,
+                            server=server, fingerprint=fingerprint,
                             bundle_key=str(answer["bundle_key"]))
     except (ValueError, KeyError, TypeError, bundle.Refused) as exc:
         raise EnrolRefused(f"the appliance's answer is not an enrolment: {exc}") from exc

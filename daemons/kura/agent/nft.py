@@ -2,7 +2,7 @@
 ``nftables`` binding (libnftables through ctypes), JSON in and out.
 
 The rules themselves come from ``rules.py``; this module only applies a
-transaction, reads the table back and removes it.
+transaction and reads the table back.
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ def run(transaction: dict[str, Any]) -> None:
 
 def apply(body: dict[str, Any]) -> None:
     run(rules.ruleset(body))
-
-
-def remove() -> None:
-    run(rules.removal())
 
 
 def table() -> list[dict[str, Any]] | None:

@@ -175,9 +175,3 @@ def ruleset(body: dict[str, Any]) -> dict[str, Any]:
     else:
         raise RuleError(f"unknown profile {str(profile)[:40]!r}")
     return {"nftables": commands}
-
-
-def removal() -> dict[str, Any]:
-    """The transaction that removes the agent's table (and nothing else)."""
-    table = {"family": FAMILY, "name": TABLE}
-    return {"nftables": [{"add": {"table": dict(table)}}, {"delete": {"table": dict(table)}}]}

@@ -7,7 +7,7 @@ the one module that reads and writes it.
 | ``cert.pem`` | its client certificate followed by the issuing intermediate |
 | ``chain.pem`` | the intermediate alone |
 | ``ca.pem`` | the pinned agent root CA |
-| ``identity.json`` | ``agent_id, profile, server, fingerprint, appliance, bundle_key`` |
+| ``identity.json`` | ``agent_id, profile, server, fingerprint, bundle_key`` |
 | ``bundle.json`` | the last good envelope, exactly as received |
 | ``contact.json`` | when the appliance was last heard from |
 
@@ -36,8 +36,13 @@ class Identity:
     profile: str
     server: str
     fingerprint: str  # SHA-256 of the pinned CA certificate's DER, lower-case hex
-    appliance: str  # what bundles carry in "appliance": the same fingerprint
     bundle_key: str  # the Ed25519 bundle-signing public key, base64
+
+    @property
+    def appliance(self) -> str:
+        """What this appliance's bundles carry in "appliance": the pinned CA's
+        fingerprint (docs/agents.md), so it is not stored twice."""
+        return self.fingerprint
 
 
 class State:
@@ -78,7 +83,7 @@ class State:
         data = self._json(self.identity_file)
         if not isinstance(data, dict):
             raise NotEnrolled(f"not enrolled (no {self.identity_file}); "
-                              "run: kura-agent enroll --server URL --token T --fingerprint F")
+                              "run: kura-agent enroll --server URL --fingerprint F")
         try:
             return Identity(**{key: str(data[key]) for key in Identity.__dataclass_fields__})
         except KeyError as exc:

@@ -118,18 +118,3 @@ def server_context(key: ServerKey, certificate: str, chain: str, ca_pem: str) ->
     context.verify_flags &= ~ssl.VERIFY_X509_PARTIAL_CHAIN
     context.load_verify_locations(cadata=ca_pem.rstrip() + "\n" + chain)
     return context
-
-
-def fingerprint(pem: str) -> str:
-    """SHA-256 of a certificate, hex, as ``kura-agent enroll --fingerprint`` takes it."""
-    return x509.load_pem_x509_certificate(pem.encode()).fingerprint(hashes.SHA256()).hex()
-
-
-def peer_serial(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
-    """The verified client certificate's serial (lower-case hex), or None."""
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
-    if not cert or "serialNumber" not in cert:
-        return None
-    return format(int(str(cert["serialNumber"]), 16), "x")

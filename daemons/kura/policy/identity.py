@@ -22,10 +22,6 @@ class Agent:
     profile: str
 
 
-def serial_hex(serial: int) -> str:
-    return format(serial, "x")
-
-
 class CheckCache:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl

@@ -24,10 +24,10 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from kura.config import Config
+from kura.console.clientcert import terminal_serial
 from kura.console.vaultclient import VaultClient, VaultError
 from kura.core.errors import KuraError, NotFound, PayloadTooLarge, PermissionDenied
 from kura.policy import wire
-from kura.policy.certificate import peer_serial
 from kura.policy.identity import Agent, CheckCache, HeartbeatPace
 
 log = logging.getLogger("kura.policy")
@@ -122,9 +122,9 @@ class Relay:
     async def identify(self, request: web.Request) -> Agent:
         """The agent behind the request's client certificate, checked by the vault
         (or by a check of the last second); refused if none, unknown or revoked."""
-        serial = peer_serial(request.transport.get_extra_info("ssl_object")
-                             if request.transport else None)
-        if serial is None:
+        # The verified client certificate's serial, as the console reads a terminal's.
+        serial = terminal_serial(request)
+        if not serial:
             raise CertificateRequired()
         if self.checks.is_revoked(serial):
             raise AgentRevoked()
